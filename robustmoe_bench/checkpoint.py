@@ -1,0 +1,177 @@
+"""One-file checkpoints: weights + metadata in the safetensors format.
+
+Loading never unpickles anything: the file is parsed as safetensors (a JSON header and raw tensor
+bytes), so a checkpoint cannot execute code. A pickle or ``torch.save`` archive is recognised and
+refused with a clear message. Writes are atomic (temporary file, then rename).
+
+Metadata (JSON in the safetensors header under ``robustmoe``): ``format``, ``format_version``,
+``package_version``, ``model`` (a :class:`~robustmoe_bench.models.ModelSpec` dict), ``training``
+(method and hyper-parameters) and any ``extra`` the caller adds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+
+FORMAT = "robustmoe-bench/checkpoint"
+FORMAT_VERSION = 1
+EXTRA_PREFIX = "__extra__."
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode), its metadata, and any extra tensors."""
+
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    extra_tensors: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.model.spec  # type: ignore[attr-defined]
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return self.meta.get("training", {})
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    *,
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    extra_tensors: dict[str, Tensor] | None = None,
+) -> Path:
+    """Save ``model`` (a :class:`~robustmoe_bench.models.RoutedNet`) with its spec and metadata."""
+    from safetensors.torch import save
+
+    from . import __version__
+
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise TypeError("save_checkpoint needs a robustmoe_bench model (with a .spec)")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors[EXTRA_PREFIX + k] = v.detach().to("cpu").contiguous()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "model": spec.to_dict(),
+        "training": training or {},
+        "extra": extra or {},
+    }
+    data = save(tensors, metadata={"robustmoe": json.dumps(meta, sort_keys=True)})
+    atomic_write_bytes(path, data)
+    return Path(path)
+
+
+def _sniff(path: Path) -> int:
+    """Validate the container; returns the header length. Raises :class:`CheckpointError`."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is a pickle / torch.save archive; refusing to unpickle it (it could run code). "
+            "robustmoe-bench checkpoints are safetensors files"
+        )
+    if len(head) < 9:
+        raise CheckpointError(f"{path} is not a robustmoe-bench checkpoint (file too short: {size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or n > 100 * 2**20:
+        raise CheckpointError(f"{path} is not a robustmoe-bench checkpoint (unrecognised format)")
+    if 8 + n > size:
+        raise CheckpointError(f"{path} is truncated (header says {8 + n} bytes or more, file has {size})")
+    return n
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read only the metadata of a checkpoint (no tensors)."""
+    path = Path(path)
+    n = _sniff(path)
+    with path.open("rb") as f:
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path} has a corrupt header") from None
+    raw = (header.get("__metadata__") or {}).get("robustmoe")
+    if raw is None:
+        raise CheckpointError(f"{path} is a safetensors file but not a robustmoe-bench checkpoint (no metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} has corrupt robustmoe-bench metadata") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a robustmoe-bench checkpoint (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer robustmoe-bench (format {meta['format_version']}); upgrade to read it"
+        )
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model stored in ``path`` (eval mode). Never executes code from the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .errors import ConfigError, RobustMoEError
+    from .models import ModelSpec, build_model
+
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
+    try:
+        spec = ModelSpec.from_dict(meta["model"])
+        model = build_model(spec)
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
+    except RobustMoEError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the stored model spec "
+            f"(missing {len(missing)}: {', '.join(missing[:3])}; unexpected {len(unexpected)}: {', '.join(unexpected[:3])})"
+        )
+    model.to(map_location).eval()
+    return Checkpoint(model, meta, extra)

@@ -1,0 +1,23 @@
+"""Exception types. Everything a user can cause derives from :class:`RobustMoEError`; the CLI turns
+those into one line on stderr and exit code 2. Anything else is a bug and is reported as such."""
+from __future__ import annotations
+
+
+class RobustMoEError(Exception):
+    """Base class of errors caused by input (files, flags, data); shown as one line."""
+
+
+class ConfigError(RobustMoEError):
+    """A configuration value is invalid (unknown key, out-of-range value, wrong unit)."""
+
+
+class DataError(RobustMoEError):
+    """A data set is missing, incomplete or malformed."""
+
+
+class CheckpointError(RobustMoEError):
+    """A checkpoint is missing, truncated, foreign or unsafe."""
+
+
+class ModelError(RobustMoEError):
+    """A model cannot be built or does not fit the request (e.g. not an MoE model)."""

@@ -1,0 +1,173 @@
+"""``create_model(name, kind=..., ...)``: every model is built by name from one backbone definition.
+
+The returned :class:`RoutedNet` takes images in [0, 1] (normalisation lives inside the model) and
+returns logits. Its ``spec`` (:class:`ModelSpec`) is everything needed to rebuild it; checkpoints
+store it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import from_dict
+from ..errors import ConfigError
+from .backbones import ARCHITECTURES, WRN_PATTERN, wide_resnet
+from .builder import KINDS, LayerKind
+from .layers import RoutedConv2d, SharedRouter
+from .routing import EXECUTIONS, Routed, RoutingContext
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines a model's structure (saved in checkpoints)."""
+
+    arch: str
+    kind: str = "dense"
+    experts: int = 2
+    scale: float = 0.5
+    router: str = "layer"
+    dataset: str = "cifar10"
+    num_classes: int = 10
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    stem: str = "cifar"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        for k in ("input_shape", "mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return from_dict(cls, d, what="model spec")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.kind == "moe"
+
+    def describe(self) -> str:
+        s = f"{self.arch} {self.kind}"
+        if self.kind == "moe":
+            s += f" (N={self.experts}, r={self.scale:g}, router={self.router})"
+        elif self.kind in ("sdense", "sparse"):
+            s += f" (r={self.scale:g})"
+        return s + f" on {self.dataset}"
+
+
+def _architecture(name: str):
+    if name in ARCHITECTURES:
+        return ARCHITECTURES.get(name)
+    m = WRN_PATTERN.match(name)
+    if m:
+        return wide_resnet(int(m.group(1)), int(m.group(2)))
+    raise ConfigError(
+        f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES.names())} (and any wrn-D-W)"
+    )
+
+
+class RoutedNet(nn.Module):
+    """A backbone with in-model normalisation, an optional shared router and routing controls.
+
+    ``forward(x)``: ``x`` ``[B, C, H, W]`` in [0, 1] -> logits ``[B, classes]``.
+    ``execution``: ``"sparse"`` (default; only chosen experts are computed) or ``"masked"``
+    (every expert computed then masked: the naive reference).
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        L = LayerKind(spec.kind, spec.experts, spec.scale, spec.router)
+        self.body = _architecture(spec.arch)(L, spec.input_shape[0], spec.num_classes, spec.stem)
+        self.router = SharedRouter(spec.input_shape[0], spec.experts) if (spec.is_moe and spec.router == "shared") else None
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.execution = "sparse"
+        self._trace: list | None = None
+        self._forced: dict | None = None
+        self._soft_temperature: float | None = None
+        for name, m in self.named_modules():
+            if isinstance(m, RoutedConv2d):
+                m.layer_name = name
+
+    def moe_layers(self) -> list[tuple[str, RoutedConv2d]]:
+        """MoE convolutions in execution order (= registration order for every backbone here)."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, RoutedConv2d) and m.role == "moe"]
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        """Router parameters (phi in AdvMoE): the shared router or every layer gate."""
+        if self.router is not None:
+            return list(self.router.parameters())
+        return [p for _, m in self.moe_layers() if m.router is not None for p in m.router.parameters()]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not a router parameter (psi in AdvMoE)."""
+        ids = {id(p) for p in self.router_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}")
+        xn = (x - self.mean) / self.std
+        ctx = RoutingContext(self.execution, None, None, self._forced, self._soft_temperature)
+        if self._trace is not None:
+            ctx.trace = []
+        if self.router is not None:
+            ctx.shared_logits = self.router(xn)
+        out = self.body(Routed(xn, None, xn.shape[1], self.spec.experts if self.spec.is_moe else 1, ctx))
+        if self._trace is not None:
+            self._trace.append(ctx.trace)
+        return out
+
+
+def create_model(
+    name: str,
+    kind: str = "dense",
+    *,
+    experts: int = 2,
+    scale: float = 0.5,
+    router: str = "layer",
+    dataset: str = "cifar10",
+    num_classes: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+) -> RoutedNet:
+    """Build a model by architecture name and kind.
+
+    Example: ``create_model("resnet18", kind="moe", experts=2, scale=0.5, router="layer", dataset="cifar10")``.
+    ``dataset`` supplies classes, input shape, normalisation and stem unless given explicitly.
+    """
+    from ..data import get_dataset_info
+
+    info = get_dataset_info(dataset)
+    shape = tuple(input_shape) if input_shape is not None else tuple(info.input_shape)
+    _architecture(name)  # fail early with the list of known names
+    LayerKind(kind, experts, scale, router)  # validates kind / experts / scale / router
+    spec = ModelSpec(
+        arch=name, kind=kind, experts=int(experts), scale=float(scale), router=router, dataset=dataset,
+        num_classes=int(num_classes or info.num_classes), input_shape=shape,  # type: ignore[arg-type]
+        mean=tuple(info.mean), std=tuple(info.std), stem="imagenet" if shape[1] >= 128 else "cifar",
+    )
+    return build_model(spec)
+
+
+def build_model(spec: ModelSpec) -> RoutedNet:
+    """Build a model from a :class:`ModelSpec` (as stored in a checkpoint)."""
+    return RoutedNet(spec)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered architecture names (wildcards allowed); any ``wrn-D-W`` is accepted as well."""
+    return ARCHITECTURES.names(pattern)
+
+
+def architecture_doc(name: str) -> str:
+    fn = _architecture(name)
+    return (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+
+
+__all__ = ["ModelSpec", "RoutedNet", "create_model", "build_model", "list_models", "KINDS"]

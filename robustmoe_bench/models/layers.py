@@ -1,0 +1,350 @@
+"""Routed layers: one MoE convolution (sparse dispatch + masked reference), expert-sliced batch norm,
+residual add, classifier, routers, and the Hydra channel mask.
+
+Every backbone is written with these layers only, so Dense, S-Dense, Sparse and MoE share one code
+path (see :mod:`robustmoe_bench.models.routing` for the activation layout).
+
+Routing semantics (exact in both executions):
+
+* An MoE conv has weight ``[C_out, C_in, k, k]`` split into ``N`` output slices (the experts). An input
+  that arrives on slice ``e_in`` and is routed to expert ``e_out`` uses the block
+  ``W[e_out slice, e_in slice]``: exactly what "compute every expert on the masked input, then mask the
+  output" computes, but without the wasted work.
+* Straight-through routing: the forward pass uses the hard argmax; the chosen expert's output is
+  multiplied by a gate whose value is 1 and whose gradient is that of ``softmax(logits)[chosen]``, so
+  the router is trained by the gradient of the one-hot's active entry. Computing that gradient needs
+  only the chosen expert, which keeps training sparse too.
+* Batch norm after an MoE conv keeps per-channel statistics over the inputs that use that channel.
+* A residual add keeps the layout of its main branch; the shortcut contributes its channels that lie
+  on the main branch's slice (an identity shortcut from another expert's slice contributes zero).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .routing import (
+    LayerRecord,
+    Routed,
+    assemble,
+    channel_mask,
+    expand_mask,
+    gather_slices,
+    groups_of,
+    pair_groups,
+    scatter_slices,
+)
+
+ROLES = ("dense", "moe", "follow")
+
+
+class GateRouter(nn.Module):
+    """``layer`` router: global-average-pool of the MoE layer's input -> linear -> N scores."""
+
+    def __init__(self, in_channels: int, experts: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, experts)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, r: Routed) -> Tensor:
+        """``r``: routed input ``[B, C, H, W]`` -> logits ``[B, N]``."""
+        pooled = r.x.mean(dim=(2, 3))
+        if r.expert is not None and r.ctx.execution == "sparse":
+            pooled = scatter_slices(pooled, r.expert, r.groups)
+        return self.fc(pooled)
+
+
+class SharedRouter(nn.Module):
+    """``shared`` router: a small CNN on the (normalised) image whose N scores every MoE layer uses."""
+
+    def __init__(self, in_channels: int, experts: int, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(2 * width, experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``[B, C, H, W]`` -> logits ``[B, N]``."""
+        return self.fc(self.features(x))
+
+
+class ChannelMask(nn.Module):
+    """Hydra-style structured mask: one importance score per output channel, top-``keep`` kept.
+
+    While ``learning`` the top-k selection is straight-through (the forward uses the hard mask, the
+    gradient reaches the scores); afterwards the mask is a fixed buffer.
+    """
+
+    def __init__(self, channels: int, keep: int) -> None:
+        super().__init__()
+        if not 1 <= keep <= channels:
+            raise ValueError(f"keep must be in [1, {channels}], got {keep}")
+        self.keep = keep
+        self.scores = nn.Parameter(torch.ones(channels))
+        self.register_buffer("mask", torch.zeros(channels))
+        self.mask[:keep] = 1.0
+        self.learning = False
+
+    @torch.no_grad()
+    def init_from_weight(self, weight: Tensor) -> None:
+        """Scores proportional to each output filter's L2 norm (Hydra's initialisation)."""
+        norms = weight.flatten(1).norm(dim=1)
+        self.scores.copy_(norms / norms.max().clamp_min(1e-12))
+        self.freeze()
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Fix the mask to the current top-k scores."""
+        hard = torch.zeros_like(self.scores)
+        hard[self.scores.topk(self.keep).indices] = 1.0
+        self.mask.copy_(hard)
+
+    def current(self) -> Tensor:
+        if not self.learning:
+            return self.mask
+        hard = torch.zeros_like(self.scores)
+        hard[self.scores.topk(self.keep).indices] = 1.0
+        return hard + self.scores - self.scores.detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.current().view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _select(logits: Tensor, r: Routed, name: str) -> tuple[Tensor, Tensor | None]:
+    """Route: returns (expert ``[B]``, gate) where gate is ``[B]`` (sparse) or ``[B, N]`` (masked)."""
+    ctx = r.ctx
+    forced = None
+    if ctx.forced is not None:
+        forced = ctx.forced.get(name, ctx.forced.get("*"))
+    b, n = logits.shape
+    if forced is not None:
+        expert = torch.as_tensor(forced, device=logits.device, dtype=torch.long).expand(b).clone()
+        if int(expert.min()) < 0 or int(expert.max()) >= n:
+            raise ValueError(f"forced expert out of range [0, {n}) for layer {name}")
+        gate = None
+    else:
+        expert = logits.argmax(dim=1)
+        onehot = F.one_hot(expert, n).to(logits.dtype)
+        if ctx.soft_temperature is not None:
+            if ctx.execution != "masked":
+                raise RuntimeError("soft routing needs masked execution (every expert computed)")
+            q = torch.softmax(logits / ctx.soft_temperature, dim=1)
+            gate = onehot + q - q.detach()
+        else:
+            p = torch.softmax(logits, dim=1)
+            p_sel = p.gather(1, expert[:, None]).squeeze(1)
+            ste = 1.0 + p_sel - p_sel.detach()
+            gate = ste if ctx.execution == "sparse" else onehot * ste[:, None]
+    if ctx.trace is not None:
+        ctx.trace.append(LayerRecord(name, expert, logits))
+    return expert, gate
+
+
+class RoutedConv2d(nn.Module):
+    """Convolution on routed activations.
+
+    ``role``: ``dense`` (ordinary conv; output dense), ``moe`` (routes its output to one of ``experts``
+    slices, with a ``layer`` or ``shared`` router), ``follow`` (output on a slice given by the caller,
+    e.g. a projection shortcut following its block's expert). No bias (every conv is followed by BN).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        *,
+        experts: int = 1,
+        role: str = "dense",
+        router: str | None = None,
+        mask_keep: int | None = None,
+    ) -> None:
+        super().__init__()
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        if role in ("moe", "follow") and out_channels % experts:
+            raise ValueError(f"{out_channels} output channels do not split into {experts} experts")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.experts, self.role, self.router_design = experts, role, router
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.router: GateRouter | None = None
+        if role == "moe":
+            if router not in ("layer", "shared"):
+                raise ValueError(f"router must be 'layer' or 'shared', got {router!r}")
+            if router == "layer":
+                self.router = GateRouter(in_channels, experts)
+        self.channel_mask = ChannelMask(out_channels, mask_keep) if mask_keep is not None else None
+        self.layer_name = ""  # set by the model once the module tree is complete
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, role={self.role}"
+        if self.role == "moe":
+            s += f", experts={self.experts}, router={self.router_design}"
+        if self.channel_mask is not None:
+            s += f", keep={self.channel_mask.keep}"
+        return s
+
+    def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, None, self.stride, self.padding)
+
+    def forward(self, r: Routed, out_expert: Tensor | None = None) -> Routed:
+        """``r``: routed ``[B, C_in(, compact), H, W]`` -> routed output ``[B, C_out(, compact), H', W']``."""
+        ctx = r.ctx
+        gate = None
+        if self.role == "moe":
+            if self.router is not None:
+                logits = self.router(r)
+            else:
+                if ctx.shared_logits is None:
+                    raise RuntimeError("shared-router MoE layer called without shared router scores")
+                logits = ctx.shared_logits
+            e_out, gate = _select(logits, r, self.layer_name)
+        elif self.role == "follow":
+            if out_expert is None:
+                raise RuntimeError("a 'follow' conv needs the expert of the branch it follows")
+            e_out = out_expert
+        else:
+            e_out = None
+        n = self.experts
+
+        if ctx.execution == "masked":
+            y = self._conv(r.x, self.weight)
+            if e_out is not None:
+                if gate is None:
+                    m = channel_mask(e_out, self.out_channels, n, y.dtype)
+                else:
+                    m = gate.repeat_interleave(self.out_channels // n, dim=1)
+                y = y * expand_mask(m, y)
+            if self.channel_mask is not None:
+                y = self.channel_mask(y)
+            return Routed(y, e_out, self.out_channels, n if e_out is not None else r.groups, ctx)
+
+        w = self.weight
+        e_in = r.expert
+        wi = self.in_channels // r.groups if e_in is not None else None
+        wo = self.out_channels // n if e_out is not None else None
+        if e_in is None and e_out is None:
+            y = self._conv(r.x, w)
+        else:
+            parts = []
+            if e_in is None:
+                for eo, idx in groups_of(e_out, n):
+                    parts.append((idx, self._conv(r.x.index_select(0, idx), w[eo * wo:(eo + 1) * wo])))
+            elif e_out is None:
+                for ei, idx in groups_of(e_in, r.groups):
+                    parts.append((idx, self._conv(r.x.index_select(0, idx), w[:, ei * wi:(ei + 1) * wi])))
+            else:
+                if r.groups != n:
+                    raise RuntimeError("input and output expert counts differ")
+                for ei, eo, idx in pair_groups(e_in, e_out, n):
+                    wb = w[eo * wo:(eo + 1) * wo, ei * wi:(ei + 1) * wi]
+                    parts.append((idx, self._conv(r.x.index_select(0, idx), wb)))
+            y = assemble(parts, r.x.shape[0])
+        if gate is not None:
+            y = y * gate.view(-1, 1, 1, 1)
+        if self.channel_mask is not None:
+            y = self.channel_mask(y)
+        return Routed(y, e_out, self.out_channels, n if e_out is not None else r.groups, ctx)
+
+
+class RoutedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose statistics, per channel, cover only the inputs that use that channel."""
+
+    def __init__(self, num_features: int, momentum: float = 0.1) -> None:
+        super().__init__(num_features, momentum=momentum)
+
+    def forward(self, r: Routed) -> Routed:  # type: ignore[override]
+        if r.full != self.num_features:
+            raise RuntimeError(f"BN of {self.num_features} channels got a {r.full}-channel activation")
+        use_batch = self.training or self.running_mean is None
+        if r.expert is None:
+            return r.with_x(F.batch_norm(r.x, self.running_mean, self.running_var, self.weight, self.bias,
+                                         use_batch, self.momentum, self.eps))
+        if r.ctx.execution == "sparse":
+            w = r.width
+            parts = []
+            for e, idx in groups_of(r.expert, r.groups):
+                sl = slice(e * w, (e + 1) * w)
+                parts.append((idx, F.batch_norm(
+                    r.x.index_select(0, idx), self.running_mean[sl], self.running_var[sl],
+                    self.weight[sl], self.bias[sl], use_batch, self.momentum, self.eps)))
+            return r.with_x(assemble(parts, r.x.shape[0]))
+        # masked reference: statistics over the inputs whose slice holds the channel
+        x = r.x
+        m = expand_mask(channel_mask(r.expert, r.full, r.groups, x.dtype), x)
+        if use_batch:
+            dims = [0] + list(range(2, x.dim()))
+            n = (m.expand_as(x)).sum(dim=dims)
+            mean = (x * m).sum(dim=dims) / n.clamp_min(1)
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            var = (((x - mean.view(shape)) ** 2) * m).sum(dim=dims) / n.clamp_min(1)
+            y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+            if self.training:
+                with torch.no_grad():
+                    seen = n > 0
+                    unbiased = var * n / (n - 1).clamp_min(1)
+                    mom = self.momentum
+                    self.running_mean[seen] = (1 - mom) * self.running_mean[seen] + mom * mean[seen]
+                    self.running_var[seen] = (1 - mom) * self.running_var[seen] + mom * unbiased[seen]
+        else:
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return r.with_x(y * m)
+
+
+class RoutedLinear(nn.Linear):
+    """Classifier on a routed feature vector ``[B, F]``; it follows the input's slice. Output dense."""
+
+    def forward(self, r: Routed) -> Tensor:  # type: ignore[override]
+        if r.expert is None or r.ctx.execution == "masked":
+            return F.linear(r.x, self.weight, self.bias)
+        w = self.in_features // r.groups
+        parts = [
+            (idx, F.linear(r.x.index_select(0, idx), self.weight[:, e * w:(e + 1) * w], self.bias))
+            for e, idx in groups_of(r.expert, r.groups)
+        ]
+        return assemble(parts, r.x.shape[0])
+
+
+def routed_add(main: Routed, shortcut: Routed) -> Routed:
+    """Residual add in ``main``'s layout: the shortcut's channels on ``main``'s slice are added."""
+    if main.full != shortcut.full:
+        raise RuntimeError(f"residual add of {main.full} and {shortcut.full} channels")
+    if main.expert is None:
+        return main.with_x(main.x + shortcut.to_full())
+    if main.ctx.execution == "masked":
+        m = channel_mask(main.expert, main.full, main.groups, main.x.dtype)
+        return main.with_x(main.x + shortcut.x * expand_mask(m, main.x))
+    if shortcut.expert is None:
+        return main.with_x(main.x + gather_slices(shortcut.x, main.expert, main.groups))
+    same = (shortcut.expert == main.expert).to(main.x.dtype)
+    return main.with_x(main.x + shortcut.x * same.view(-1, *([1] * (main.x.dim() - 1))))
+
+
+def routed_cat(parts: list[Routed]) -> Routed:
+    """Channel concatenation (DenseNet): the result is dense (full width, zeros where inactive)."""
+    x = torch.cat([p.to_full() for p in parts], dim=1)
+    return Routed(x, None, x.shape[1], parts[0].groups, parts[0].ctx)
+
+
+def flatten(r: Routed) -> Routed:
+    """``[B, C, H, W]`` -> ``[B, C*H*W]``; slices stay contiguous because channels are outermost."""
+    hw = int(math.prod(r.x.shape[2:]))
+    return Routed(r.x.flatten(1), r.expert, r.full * hw, r.groups, r.ctx)

@@ -1,0 +1,149 @@
+"""The routed-activation representation shared by every layer.
+
+An MoE model's activations are *sparse by channel group*: after an MoE layer, input ``b`` only has the
+channels of its chosen expert ``e_b`` (a contiguous slice of width ``full // groups``). A :class:`Routed`
+holds such an activation in one of two executions:
+
+* ``sparse``  -- ``x`` is compact: ``[B, full // groups, H, W]`` for routed tensors, the channels of
+  expert ``expert[b]`` only. Layers compute only those channels (the real compute saving).
+* ``masked``  -- ``x`` is full width ``[B, full, H, W]`` with zeros outside the expert's slice. Layers
+  compute every expert and mask: the naive implementation (what the paper's public code does), kept as
+  the reference for equivalence tests and for attacks that need every expert's output (soft routing).
+
+``expert is None`` means a dense activation (all ``full`` channels active), e.g. after the stem.
+
+The :class:`RoutingContext` travels with the activation through one forward pass and holds what the
+whole model shares: the execution, the shared router's scores, the routing trace being recorded,
+forced expert choices, and the soft-routing temperature of adaptive attacks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+EXECUTIONS = ("sparse", "masked")
+
+
+@dataclass
+class LayerRecord:
+    """What one MoE layer decided in one forward pass.
+
+    ``expert``: ``[B]`` long, chosen expert per input. ``logits``: ``[B, N]`` router scores (not detached,
+    so router-targeted attacks can differentiate them). ``name``: the layer's qualified module name.
+    """
+
+    name: str
+    expert: Tensor
+    logits: Tensor
+
+
+@dataclass
+class RoutingContext:
+    """Per-forward state shared by all layers (see module docstring)."""
+
+    execution: str = "sparse"
+    shared_logits: Tensor | None = None
+    trace: list[LayerRecord] | None = None
+    # Forced routing: layer name -> [B] expert indices (or one int for every input); the key "*"
+    # applies to every MoE layer. Forced choices carry no router gradient.
+    forced: dict[str, Tensor | int] | None = None
+    # Soft relaxation for adaptive attacks (masked execution only): hard argmax forward, gradient of
+    # softmax(logits / T) backward.
+    soft_temperature: float | None = None
+    _cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class Routed:
+    """An activation plus its channel layout (see module docstring).
+
+    ``x``: ``[B, C, H, W]`` or ``[B, C]``; ``expert``: ``[B]`` long or ``None`` (dense);
+    ``full``: channel count of the full-width tensor; ``groups``: number of experts N of the slices.
+    """
+
+    x: Tensor
+    expert: Tensor | None
+    full: int
+    groups: int
+    ctx: RoutingContext
+
+    @property
+    def width(self) -> int:
+        return self.full // self.groups
+
+    def with_x(self, x: Tensor) -> "Routed":
+        return Routed(x, self.expert, self.full, self.groups, self.ctx)
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> "Routed":
+        """Apply a channel-wise op (ReLU, pooling) that maps zeros to zeros."""
+        return self.with_x(fn(self.x))
+
+    def to_full(self) -> Tensor:
+        """The full-width tensor (zeros outside each input's slice)."""
+        if self.expert is None or self.ctx.execution == "masked":
+            return self.x
+        return scatter_slices(self.x, self.expert, self.groups)
+
+
+def channel_mask(expert: Tensor, full: int, groups: int, dtype: torch.dtype) -> Tensor:
+    """``[B, full]`` 0/1 mask of each input's channel slice."""
+    width = full // groups
+    owner = torch.arange(full, device=expert.device) // width  # expert owning each channel
+    return (owner.unsqueeze(0) == expert.unsqueeze(1)).to(dtype)
+
+
+def expand_mask(mask: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a ``[B, C]`` mask to ``x``'s shape ``[B, C, ...]``."""
+    return mask.view(*mask.shape, *([1] * (x.dim() - 2)))
+
+
+def groups_of(expert: Tensor, groups: int) -> list[tuple[int, Tensor]]:
+    """Non-empty (expert, batch indices) pairs. One device sync for all groups."""
+    counts = torch.bincount(expert, minlength=groups).tolist()
+    order = torch.argsort(expert, stable=True)
+    out, start = [], 0
+    for e, n in enumerate(counts):
+        if n:
+            out.append((e, order[start:start + n]))
+        start += n
+    return out
+
+
+def pair_groups(e_in: Tensor, e_out: Tensor, groups: int) -> list[tuple[int, int, Tensor]]:
+    """Non-empty (expert_in, expert_out, batch indices) triples."""
+    key = e_in * groups + e_out
+    return [(k // groups, k % groups, idx) for k, idx in groups_of(key, groups * groups)]
+
+
+def assemble(parts: list[tuple[Tensor, Tensor]], batch: int) -> Tensor:
+    """Put per-group results ``(indices, values)`` back in batch order (differentiable)."""
+    if len(parts) == 1 and parts[0][0].numel() == batch:
+        idx, val = parts[0]
+        if bool((idx == torch.arange(batch, device=idx.device)).all()):
+            return val
+    idx = torch.cat([p[0] for p in parts])
+    val = torch.cat([p[1] for p in parts])
+    inv = torch.empty_like(idx)
+    inv[idx] = torch.arange(batch, device=idx.device)
+    return val.index_select(0, inv)
+
+
+def scatter_slices(x: Tensor, expert: Tensor, groups: int) -> Tensor:
+    """Compact ``[B, w, ...]`` -> full ``[B, groups*w, ...]`` with zeros outside each slice."""
+    b, w = x.shape[0], x.shape[1]
+    full = x.new_zeros((b, groups, w) + tuple(x.shape[2:]))
+    idx = expert.view(b, 1, 1, *([1] * (x.dim() - 2))).expand(b, 1, w, *x.shape[2:])
+    full = full.scatter(1, idx, x.unsqueeze(1))
+    return full.view(b, groups * w, *x.shape[2:])
+
+
+def gather_slices(x_full: Tensor, expert: Tensor, groups: int) -> Tensor:
+    """Full ``[B, groups*w, ...]`` -> compact ``[B, w, ...]``: each input's own slice."""
+    b, c = x_full.shape[0], x_full.shape[1]
+    w = c // groups
+    v = x_full.view(b, groups, w, *x_full.shape[2:])
+    idx = expert.view(b, 1, 1, *([1] * (x_full.dim() - 2))).expand(b, 1, w, *x_full.shape[2:])
+    return v.gather(1, idx).squeeze(1)

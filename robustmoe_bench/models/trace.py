@@ -1,0 +1,110 @@
+"""Routing trace and routing controls.
+
+``with routing_trace(model) as trace: model(x)`` records, for every forward inside the block and
+every MoE layer, the expert chosen for each input and the router scores. ``force_routing`` fixes expert
+choices (pathway-forced attacks, targeted analyses); ``soft_routing`` switches the model to masked
+execution with a softmax-with-temperature backward pass (adaptive attacks).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from .factory import RoutedNet
+from .routing import LayerRecord
+
+
+@dataclass
+class RoutingTrace:
+    """Records of the forwards run inside :func:`routing_trace`.
+
+    ``forwards[i]`` is the list of :class:`LayerRecord` of the i-th forward, one per MoE layer in
+    execution order.
+    """
+
+    forwards: list[list[LayerRecord]] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[LayerRecord]:
+        """The last forward's records."""
+        if not self.forwards:
+            raise RuntimeError("no forward pass was recorded")
+        return self.forwards[-1]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [r.name for r in self.records]
+
+    def experts(self) -> Tensor:
+        """``[L, B]`` long: the expert chosen by each MoE layer for each input (last forward)."""
+        return torch.stack([r.expert for r in self.records]).detach()
+
+    def logits(self) -> list[Tensor]:
+        """Per layer ``[B, N]`` router scores of the last forward (with autograd history)."""
+        return [r.logits for r in self.records]
+
+    def clear(self) -> None:
+        self.forwards.clear()
+
+
+def _check(model: torch.nn.Module) -> RoutedNet:
+    if not isinstance(model, RoutedNet):
+        raise TypeError(f"routing controls need a robustmoe_bench model, got {type(model).__name__}")
+    return model
+
+
+@contextmanager
+def routing_trace(model: torch.nn.Module) -> Iterator[RoutingTrace]:
+    """Record routing decisions of every forward run inside the block."""
+    net = _check(model)
+    trace = RoutingTrace()
+    previous = net._trace
+    net._trace = trace.forwards
+    try:
+        yield trace
+    finally:
+        net._trace = previous
+
+
+@contextmanager
+def force_routing(model: torch.nn.Module, experts: int | Tensor | dict[str, int | Tensor]) -> Iterator[None]:
+    """Fix expert choices: one int (every layer, every input), a ``[B]`` tensor (every layer), or a
+    dict from MoE layer name (or ``"*"``) to an int or ``[B]`` tensor."""
+    net = _check(model)
+    forced = dict(experts) if isinstance(experts, dict) else {"*": experts}
+    previous = net._forced
+    net._forced = forced
+    try:
+        yield
+    finally:
+        net._forced = previous
+
+
+@contextmanager
+def soft_routing(model: torch.nn.Module, temperature: float = 1.0) -> Iterator[None]:
+    """Hard routing forward, gradient of softmax(logits / temperature) backward (masked execution)."""
+    net = _check(model)
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    prev = (net.execution, net._soft_temperature)
+    net.execution, net._soft_temperature = "masked", float(temperature)
+    try:
+        yield
+    finally:
+        net.execution, net._soft_temperature = prev
+
+
+@contextmanager
+def execution(model: torch.nn.Module, mode: str) -> Iterator[None]:
+    """Temporarily run ``model`` in ``"sparse"`` or ``"masked"`` execution."""
+    net = _check(model)
+    prev = net.execution
+    net.execution = mode
+    try:
+        yield
+    finally:
+        net.execution = prev
