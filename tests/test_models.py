@@ -1,0 +1,186 @@
+"""The model family: construction by name, widths per kind, exact sparse == masked equivalence of
+outputs, gradients and BN statistics, and the routing trace / controls."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustmoe_bench.errors import ConfigError
+from robustmoe_bench.models import (
+    RoutedConv2d,
+    create_model,
+    force_routing,
+    list_models,
+    routing_trace,
+    soft_routing,
+)
+
+torch.set_num_threads(1)
+
+
+def _diverse(model, seed=0):
+    """Random router weights centred on a calibration batch, so inputs spread over the experts (fresh
+    routers send almost every input to one expert, which would leave the multi-group dispatch untested)."""
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    feats = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: feats.__setitem__(mod, inp[0].detach()))
+             for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) in
+             {id(p) for p in model.router_parameters()}]
+    with torch.no_grad():
+        model(_images(16, 99).to(next(model.parameters()).dtype))
+        for h in hooks:
+            h.remove()
+        for m, f in feats.items():
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=m.weight.dtype) / f.std(0).mean().clamp_min(1e-6))
+            m.bias.copy_(-(f.mean(0) @ m.weight.T))  # centre: the decision depends on the input
+    return model
+
+
+def _images(batch, seed, shape=(3, 32, 32)):
+    """Images whose per-input brightness varies a lot, so routers send them to different experts."""
+    g = torch.Generator().manual_seed(seed)
+    scale, offset = torch.rand(batch, 1, 1, 1, generator=g), torch.rand(batch, 1, 1, 1, generator=g)
+    stripes = (torch.arange(shape[-1]) % torch.randint(2, 6, (batch, 1, 1, 1), generator=g) == 0).float()
+    return (torch.rand(batch, *shape, generator=g) * scale * 0.5 + offset * stripes).clamp(0, 1).double()
+
+
+def _pair(arch, n, r, router, dataset="cifar10"):
+    torch.manual_seed(0)
+    # float64 so that the comparison tests the algorithm, not float32 summation order
+    a = _diverse(create_model(arch, kind="moe", experts=n, scale=r, router=router, dataset=dataset).double())
+    b = copy.deepcopy(a)
+    b.execution = "masked"
+    return a, b
+
+
+@pytest.mark.parametrize("router", ["layer", "shared"])
+@pytest.mark.parametrize("n,r", [(2, 0.5), (4, 0.25)])
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_sparse_equals_masked_reference(router, n, r, train, batch):
+    sparse, masked = _pair("resnet-tiny", n, r, router)
+    sparse.train(train), masked.train(train)
+    x = _images(batch, 1)
+    y = torch.arange(batch) % 10
+    with routing_trace(sparse) as tr:
+        out_s = sparse(x)
+    out_m = masked(x)
+    assert (out_s - out_m).abs().max().item() <= 1e-5
+    F.cross_entropy(out_s, y).backward()
+    F.cross_entropy(out_m, y).backward()
+    for (name, ps), pm in zip(sparse.named_parameters(), masked.parameters()):
+        gs = torch.zeros_like(ps) if ps.grad is None else ps.grad
+        gm = torch.zeros_like(pm) if pm.grad is None else pm.grad
+        assert (gs - gm).abs().max().item() <= 1e-5, name
+    for bs, bm in zip(sparse.buffers(), masked.buffers()):
+        assert (bs.float() - bm.float()).abs().max().item() <= 1e-5
+    # the router really is trained through the straight-through gate
+    assert max(p.grad.abs().max().item() for p in sparse.router_parameters()) > 0
+    if batch > 1 and router == "shared":
+        assert tr.experts()[0].unique().numel() > 1, "test must exercise several expert groups"
+
+
+def test_equivalence_with_an_empty_expert_and_input_gradients():
+    sparse, masked = _pair("resnet-tiny", 4, 0.25, "layer")
+    x = _images(5, 3)
+    with routing_trace(sparse) as tr:
+        sparse(x)
+    counts = torch.stack([torch.bincount(e, minlength=4) for e in tr.experts()])
+    assert (counts == 0).any(), "some expert must receive no input in some layer"
+    xs, xm = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    sparse(xs).logsumexp(1).sum().backward()
+    masked(xm).logsumexp(1).sum().backward()
+    assert (xs.grad - xm.grad).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["vgg-mini", "densenet-mini", "wrn-10-1"])
+def test_other_backbones_sparse_equals_masked(arch):
+    sparse, masked = _pair(arch, 2, 0.5, "layer")
+    sparse.train(), masked.train()
+    x = _images(6, 2)
+    out_s, out_m = sparse(x), masked(x)
+    assert (out_s - out_m).abs().max().item() <= 1e-5
+    out_s.sum().backward(), out_m.sum().backward()
+    for ps, pm in zip(sparse.parameters(), masked.parameters()):
+        gs = torch.zeros_like(ps) if ps.grad is None else ps.grad
+        gm = torch.zeros_like(pm) if pm.grad is None else pm.grad
+        assert (gs - gm).abs().max().item() <= 1e-5
+
+
+def _moe_widths(model):
+    return [m.out_channels for _, m in model.moe_layers()]
+
+
+def test_widths_per_kind_follow_the_spec():
+    dense = create_model("resnet18", kind="dense", dataset="cifar10")
+    sdense = create_model("resnet18", kind="sdense", scale=0.5, dataset="cifar10")
+    moe = create_model("resnet18", kind="moe", experts=2, scale=0.5, dataset="cifar10")
+    moe4 = create_model("resnet18", kind="moe", experts=4, scale=0.25, dataset="cifar10")
+    sparse = create_model("resnet18", kind="sparse", scale=0.5, dataset="cifar10")
+    convs = lambda m: [c for c in m.modules() if isinstance(c, RoutedConv2d)]
+    assert convs(dense)[0].out_channels == 64 and convs(sdense)[0].out_channels == 32
+    assert convs(moe)[0].out_channels == 64  # the stem stays dense at full width
+    assert len(moe.moe_layers()) == 16  # the 3x3 convs of the 8 basic blocks
+    assert _moe_widths(moe) == _moe_widths(moe4) == [64] * 4 + [128] * 4 + [256] * 4 + [512] * 4
+    # N*r*C channels in all: with N*r = 1 an MoE model has exactly Dense's conv parameters (+ routers)
+    n_router = sum(p.numel() for p in moe.router_parameters())
+    assert sum(p.numel() for p in moe.parameters()) - n_router == sum(p.numel() for p in dense.parameters())
+    masks = [c.channel_mask for c in convs(sparse) if c.channel_mask is not None]
+    assert len(masks) == 16 and all(int(m.mask.sum()) == m.keep == c // 2 for m, c in zip(masks, _moe_widths(dense) if False else [64] * 4 + [128] * 4 + [256] * 4 + [512] * 4))
+
+
+def test_every_registered_architecture_builds_and_runs():
+    for arch in ["resnet-tiny", "resnet-mini", "vgg-mini", "densenet-mini"]:
+        for kind in ["dense", "sdense", "sparse", "moe"]:
+            m = create_model(arch, kind=kind, dataset="fashion-mnist").eval()
+            assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    big = {"resnet18", "vgg16-bn", "densenet", "wrn-28-10"}
+    assert big <= set(list_models())
+    # ImageNet stems: 7x7/2 conv + max-pool
+    m = create_model("resnet18", kind="moe", dataset="imagenet").eval()
+    assert m.spec.stem == "imagenet" and m.body.stem.conv.kernel_size == 7
+    # any wrn-D-W works
+    assert create_model("wrn-10-2", kind="moe", dataset="cifar10").spec.arch == "wrn-10-2"
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(name="resnet99"), "unknown architecture"),
+    (dict(name="resnet-tiny", kind="moe", experts=1), "at least 2 experts"),
+    (dict(name="resnet-tiny", kind="sdense", scale=1.5), "scale must be in (0, 1]"),
+    (dict(name="resnet-tiny", kind="moe", router="global"), "unknown router"),
+    (dict(name="resnet-tiny", kind="wide"), "unknown model kind"),
+])
+def test_bad_model_requests_are_config_errors(kwargs, msg):
+    name = kwargs.pop("name")
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        create_model(name, dataset="cifar10", **kwargs)
+
+
+def test_trace_force_and_soft_routing():
+    model = _diverse(create_model("resnet-tiny", kind="moe", experts=2, router="layer", dataset="cifar10").double()).eval()
+    x = _images(8, 4)
+    with routing_trace(model) as tr:
+        base = model(x)
+    assert tr.experts().shape == (len(model.moe_layers()), 8)
+    assert tr.layer_names == [n for n, _ in model.moe_layers()]
+    assert all(lg.shape == (8, 2) for lg in tr.logits())
+    assert torch.equal(tr.experts(), torch.stack([lg.argmax(1) for lg in tr.logits()]))
+    with force_routing(model, 1), routing_trace(model) as tr1:
+        model(x)
+    assert bool((tr1.experts() == 1).all())
+    first = tr.layer_names[0]
+    with force_routing(model, {first: torch.zeros(8, dtype=torch.long)}), routing_trace(model) as tr0:
+        model(x)
+    assert bool((tr0.experts()[0] == 0).all())
+    # soft routing: same hard forward, non-zero input gradient through the router scores
+    xs = x.clone().requires_grad_(True)
+    with soft_routing(model, 2.0):
+        out = model(xs)
+    assert (out - base).abs().max().item() <= 1e-5
+    assert model.execution == "sparse"  # restored
+    out.sum().backward()
+    assert xs.grad.abs().sum() > 0
