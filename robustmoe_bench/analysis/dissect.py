@@ -1,0 +1,354 @@
+"""Four-category dissection of an MoE model's robustness (SPEC §6, the paper's Figs. 4-5).
+
+Attack the model once; for every test example decide
+
+* **routers fooled**: some MoE layer chose a different expert on ``x_adv`` than on ``x``
+  (read from :func:`~robustmoe_bench.models.routing_trace`);
+* **prediction fooled**: the model is not robust on the example, i.e. its prediction on ``x_adv``
+  is wrong **or** the clean example ``x`` is already misclassified.
+
+and count ① neither, ② routers only, ③ prediction only, ④ both (the four always sum to ``n``).
+①+③ is the routers' robustness, ①+② the model's robustness.
+
+Why clean mistakes count as "prediction fooled": with that rule ①+② is exactly the robust accuracy
+the evaluation suites report (an example is robust only if it is right clean *and* under attack), so
+the dissection and the leaderboard number agree. The clean accuracy and the accuracy on ``x_adv``
+alone are reported next to the categories so a reader can tell how much of ③/④ is clean error.
+
+``routers=True`` adds the same dissection with ``x_adv`` from the router-untargeted attack (aimed at the
+routers only) and "robust accuracy of routers alone" (share of examples whose routing is unchanged under
+that attack, = its ①+③).
+
+Cost: each attack kind runs exactly once per example (streamed over batches); the four categories, the
+per-layer change rates and both accuracies all come from that one pass plus one clean and one
+adversarial forward with the routing trace on.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..checkpoint import atomic_write_bytes
+from ..errors import ConfigError, ModelError
+
+SCHEMA_VERSION = 1
+
+#: An attack as the attacks package builds it: ``atk(model, x, y) -> x_adv`` (same shape as ``x``).
+AttackFn = Callable[[torch.nn.Module, Tensor, Tensor], Tensor]
+
+CATEGORIES = ("neither", "routers_only", "prediction_only", "both")
+CATEGORY_LABELS = {
+    "neither": "① neither fooled",
+    "routers_only": "② routers fooled only",
+    "prediction_only": "③ prediction fooled only",
+    "both": "④ both fooled",
+}
+
+_PGD_NAME = re.compile(r"^pgd-?(\d+)$")
+
+
+# --------------------------------------------------------------------------- shared helpers
+def require_moe(model: torch.nn.Module, what: str = "this analysis") -> None:
+    """Raise :class:`ModelError` unless ``model`` is a robustmoe_bench MoE model."""
+    spec = getattr(model, "spec", None)
+    if spec is None or not hasattr(model, "moe_layers"):
+        raise ModelError(f"{what} needs a robustmoe-bench model, got {type(model).__name__}")
+    if not spec.is_moe or not model.moe_layers():
+        raise ModelError(
+            f"{what} needs an MoE model (with routers), but this is a {spec.kind!r} model ({spec.describe()})"
+        )
+
+
+def resolve_attack(
+    attack: str | AttackFn, eps: float, *, seed: int = 0, norm: str = "Linf"
+) -> tuple[str, dict[str, Any], AttackFn]:
+    """Turn an attack name (``pgd50``, ``pgd-50``, ``router-untargeted``, any registered attack) or a
+    callable into ``(display name, parameters, atk)``.
+
+    ``pgdK`` means PGD with K steps; ``router-untargeted`` attacks every MoE layer's router.
+    """
+    if callable(attack):
+        name = str(getattr(attack, "name", type(attack).__name__))
+        return name, _params_of(attack), attack
+    text = attack.strip().lower()
+    hyper: dict[str, Any] = {}
+    m = _PGD_NAME.match(text)
+    if m:
+        steps = int(m.group(1))
+        if steps < 1:
+            raise ConfigError(f"attack {attack!r}: PGD needs at least one step")
+        base, hyper, display = "pgd", {"steps": steps}, f"pgd-{steps}"
+    elif text == "router-untargeted":
+        base, hyper, display = text, {"layers": "all"}, text
+    else:
+        base, display = text, text
+    from ..attacks import create_attack  # lazy: the attacks package is heavier than this module
+
+    try:
+        atk = create_attack(base, eps, norm=norm, seed=seed, **hyper)
+    except KeyError as e:  # registries raise KeyError naming what they hold
+        raise ConfigError(str(e).strip("'\"")) from None
+    return display, _params_of(atk) or {"eps": eps, "norm": norm, "seed": seed, **hyper}, atk
+
+
+def _params_of(atk: object) -> dict[str, Any]:
+    """An attack's hyper-parameters as JSON-able dict (``Attack.params()`` or a ``params`` dict)."""
+    p = getattr(atk, "params", None)
+    if callable(p):
+        p = p()
+    return dict(p) if isinstance(p, dict) else {}
+
+
+@torch.no_grad()
+def predict_and_route(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, list[str]]:
+    """One traced forward: predictions ``[B]`` long, experts ``[L, B]`` long, MoE layer names ``[L]``."""
+    from ..models import routing_trace
+
+    with routing_trace(model) as tr:
+        logits = model(x)
+    return logits.argmax(dim=1), tr.experts(), tr.layer_names
+
+
+def _check_ball(x: Tensor, x_adv: Tensor, eps: float, norm: str, name: str) -> None:
+    """An attack that leaves the threat model would make every number below meaningless."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(dim=1) if norm == "Linf" else d.norm(dim=1)
+    tol = 1e-5 * max(1.0, eps)
+    if float(size.max()) > eps + tol or float(x_adv.min()) < -tol or float(x_adv.max()) > 1 + tol:
+        raise RuntimeError(f"attack {name} returned points outside the {norm} ball of radius {eps} or [0, 1]")
+
+
+def _pct(k: int, n: int) -> float:
+    return 100.0 * k / n if n else 0.0
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class AttackDissection:
+    """The four categories under one attack. Percentages are 0-100 over ``n`` examples.
+
+    ``counts``/``percent``: keyed by :data:`CATEGORIES`. ``router_robustness`` = ①+③,
+    ``model_robustness`` = ①+② (= robust accuracy: right clean and on ``x_adv``),
+    ``adv_acc`` = accuracy on ``x_adv`` alone, ``routing_change_rate`` = ②+④,
+    ``layer_change_rates``: MoE layer name -> % of examples whose expert changed in that layer.
+    """
+
+    attack: str
+    params: dict[str, Any]
+    n: int
+    counts: dict[str, int]
+    percent: dict[str, float]
+    router_robustness: float
+    model_robustness: float
+    adv_acc: float
+    routing_change_rate: float
+    layer_change_rates: dict[str, float]
+    seconds: float
+
+    @classmethod
+    def from_flags(
+        cls, attack: str, params: dict[str, Any], routers: Tensor, prediction: Tensor, layer_changed: Tensor,
+        adv_correct: Tensor, layer_names: list[str], seconds: float,
+    ) -> "AttackDissection":
+        """Build from per-example flags: ``routers``/``prediction``/``adv_correct`` ``[n]`` bool,
+        ``layer_changed`` ``[L, n]`` bool."""
+        n = int(routers.numel())
+        counts = {
+            "neither": int((~routers & ~prediction).sum()),
+            "routers_only": int((routers & ~prediction).sum()),
+            "prediction_only": int((~routers & prediction).sum()),
+            "both": int((routers & prediction).sum()),
+        }
+        per_layer = layer_changed.sum(dim=1).tolist() if layer_changed.numel() else [0] * len(layer_names)
+        return cls(
+            attack=attack, params=params, n=n, counts=counts,
+            percent={k: _pct(v, n) for k, v in counts.items()},
+            router_robustness=_pct(counts["neither"] + counts["prediction_only"], n),
+            model_robustness=_pct(counts["neither"] + counts["routers_only"], n),
+            adv_acc=_pct(int(adv_correct.sum()), n),
+            routing_change_rate=_pct(counts["routers_only"] + counts["both"], n),
+            layer_change_rates={name: _pct(int(k), n) for name, k in zip(layer_names, per_layer)},
+            seconds=seconds,
+        )
+
+
+@dataclass
+class DissectResult:
+    """Dissection of one MoE model (see module docstring). ``attack``: the model attack (PGD-50 by
+    default); ``router_attack``: the router-untargeted attack (only with ``routers=True``);
+    ``routers_alone_robust_acc``: % of examples whose routing survives the router attack."""
+
+    n_examples: int
+    clean_acc: float
+    eps: float
+    eps_str: str
+    norm: str
+    seed: int
+    layers: list[str]
+    attack: AttackDissection
+    router_attack: Optional[AttackDissection] = None
+    routers_alone_robust_acc: Optional[float] = None
+    model: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+    dataset: Optional[str] = None
+    seconds: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DissectResult":
+        d = dict(d)
+        if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
+            raise ConfigError(f"dissection written by a newer schema ({d['schema_version']}); upgrade to read it")
+        d["attack"] = AttackDissection(**d["attack"])
+        if d.get("router_attack") is not None:
+            d["router_attack"] = AttackDissection(**d["router_attack"])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON atomically."""
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+        return Path(path)
+
+    def dissections(self) -> list[AttackDissection]:
+        return [d for d in (self.attack, self.router_attack) if d is not None]
+
+
+# --------------------------------------------------------------------------- the analysis
+def dissect(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: str | AttackFn = "pgd50",
+    routers: bool = False,
+    eps: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    *,
+    norm: str = "Linf",
+    router_attack: str | AttackFn = "router-untargeted",
+    progress: Callable[[int, int], None] | None = None,
+) -> DissectResult:
+    """Dissect ``model``'s robustness on ``x`` ``[n, C, H, W]`` in [0, 1] with labels ``y`` ``[n]``.
+
+    ``eps`` defaults to the data set's usual radius. Each attack runs once per example, streamed in
+    batches of ``batch_size``; ``progress(done, n)`` is called after each batch. Raises
+    :class:`ModelError` for a model without routers.
+    """
+    from ..data import get_dataset_info
+
+    require_moe(model, "dissection")
+    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ConfigError(f"need x [n, C, H, W] and y [n], got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ConfigError("dissection needs at least one example")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    spec = model.spec  # type: ignore[attr-defined]
+    info = get_dataset_info(spec.dataset)
+    eps = float(info.eps if eps is None else eps)
+    from ..config import format_eps
+
+    kinds: list[tuple[str, dict[str, Any], AttackFn]] = [resolve_attack(attack, eps, seed=seed, norm=norm)]
+    if routers:
+        kinds.append(resolve_attack(router_attack, eps, seed=seed, norm=norm))
+
+    was_training = model.training
+    model.eval()  # routing decisions and BN statistics must be those of inference
+    device = next(model.parameters()).device
+    t_start = time.perf_counter()
+    n = x.shape[0]
+    clean_ok: list[Tensor] = []
+    flags: list[dict[str, list[Tensor]]] = [{"layer": [], "adv_ok": []} for _ in kinds]
+    seconds = [0.0 for _ in kinds]
+    names: list[str] = []
+    try:
+        for start in range(0, n, batch_size):
+            xb = x[start:start + batch_size].to(device)
+            yb = y[start:start + batch_size].to(device)
+            pred, experts, names = predict_and_route(model, xb)
+            clean_ok.append((pred == yb).cpu())
+            for k, (name, _, atk) in enumerate(kinds):
+                t0 = time.perf_counter()
+                x_adv = atk(model, xb, yb).detach()
+                seconds[k] += time.perf_counter() - t0
+                _check_ball(xb, x_adv, eps, norm, name)
+                pred_a, experts_a, _ = predict_and_route(model, x_adv)
+                flags[k]["layer"].append((experts_a != experts).cpu())
+                flags[k]["adv_ok"].append((pred_a == yb).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
+    finally:
+        model.train(was_training)
+
+    clean = torch.cat(clean_ok)
+    results = []
+    for k, (name, params, _) in enumerate(kinds):
+        layer_changed = torch.cat(flags[k]["layer"], dim=1)  # [L, n]
+        adv_ok = torch.cat(flags[k]["adv_ok"])
+        results.append(AttackDissection.from_flags(
+            name, params, routers=layer_changed.any(dim=0), prediction=~(clean & adv_ok),
+            layer_changed=layer_changed, adv_correct=adv_ok, layer_names=names, seconds=seconds[k],
+        ))
+    router_res = results[1] if routers else None
+    return DissectResult(
+        n_examples=n, clean_acc=_pct(int(clean.sum()), n), eps=eps, eps_str=format_eps(eps), norm=norm,
+        seed=seed, layers=names, attack=results[0], router_attack=router_res,
+        routers_alone_robust_acc=router_res.router_robustness if router_res else None,
+        model=spec.to_dict(), dataset=spec.dataset, seconds=time.perf_counter() - t_start,
+    )
+
+
+# --------------------------------------------------------------------------- figure
+def plot_dissection(result: DissectResult, path: str | Path, title: str | None = None) -> Path:
+    """Stacked bars of the four categories per attack (left) and per-layer routing-change rates (right)."""
+    from .plots import new_figure, save_figure
+
+    dis = result.dissections()
+    fig, (ax, ax2) = new_figure(ncols=2, figsize=(11, 4.5))
+    colors = {"neither": "#4c9a2a", "routers_only": "#f2b134", "prediction_only": "#5b8ec9", "both": "#c8423b"}
+    labels = [d.attack for d in dis]
+    bottom = [0.0] * len(dis)
+    for cat in CATEGORIES:
+        vals = [d.percent[cat] for d in dis]
+        bars = ax.bar(labels, vals, bottom=bottom, color=colors[cat], label=CATEGORY_LABELS[cat], width=0.55)
+        for b, v, b0 in zip(bars, vals, bottom):
+            if v >= 4:
+                ax.text(b.get_x() + b.get_width() / 2, b0 + v / 2, f"{v:.1f}", ha="center", va="center", fontsize=8)
+        bottom = [b0 + v for b0, v in zip(bottom, vals)]
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("attack")
+    ax.set_ylabel(f"% of {result.n_examples} test examples")
+    ax.set_title(f"Robustness dissection (clean acc {result.clean_acc:.1f}%, ε={result.eps_str})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
+
+    width = 0.8 / max(1, len(dis))
+    pos = list(range(len(result.layers)))
+    for k, d in enumerate(dis):
+        ax2.bar([p + (k - (len(dis) - 1) / 2) * width for p in pos],
+                [d.layer_change_rates[name] for name in result.layers], width=width, label=d.attack)
+    ax2.set_xticks(pos)
+    ax2.set_xticklabels(result.layers, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylim(0, 100)
+    ax2.set_xlabel("MoE layer")
+    ax2.set_ylabel("% of examples whose expert changed")
+    ax2.set_title("Per-layer routing-change rate")
+    ax2.legend(title="attack", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
