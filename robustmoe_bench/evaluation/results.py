@@ -1,0 +1,135 @@
+"""Typed evaluation results and their JSON form (the shared format in ``docs/DEVELOPING.md``).
+
+:class:`EvalResult` is what :func:`robustmoe_bench.evaluation.evaluate` returns and what
+``robustmoe-bench evaluate --out`` writes. Percentages are 0-100 floats rounded to 4 decimals (so that
+a run and its resumed or distributed twin serialise to the same text).
+
+Time-valued keys -- the top-level ``seconds`` and each attack entry's ``seconds`` -- are the only
+values that may differ between two runs with the same settings (a resumed run measures only what it
+recomputed). :data:`TIME_KEYS` names them and :meth:`EvalResult.deterministic_dict` drops them: that is
+the part the resume and distributed guarantees are about.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from ..checkpoint import atomic_write_bytes
+from ..config import from_dict
+from ..errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+#: Keys whose values are wall-clock measurements; excluded from the identity guarantees.
+TIME_KEYS = ("seconds",)
+
+
+def pct(count: int, total: int) -> float:
+    """``100 * count / total`` rounded to 4 decimals (0.0 for an empty set)."""
+    return round(100.0 * count / total, 4) if total else 0.0
+
+
+@dataclass
+class AttackResult:
+    """One attack of the cascade.
+
+    ``robust_acc``: % of all ``n_examples`` still robust after this attack (cascade: an example broken
+    earlier stays broken). ``n_attacked``: examples the attack ran on; ``n_broken``: of those, how many
+    it newly broke. ``routing_change``: % of all ``n_examples`` whose expert choice (any MoE layer) it
+    changed vs the clean input (``None`` for non-MoE models). ``scope``: ``"robust"`` (ran only on
+    examples still robust) or ``"all"`` (every example: router attacks, whose routing-change rate is
+    a property of the whole set). ``skipped``: why it did not run, else ``None``.
+    """
+
+    name: str
+    attack: str
+    params: dict[str, Any]
+    robust_acc: Optional[float]
+    n_attacked: int
+    n_broken: int
+    routing_change: Optional[float]
+    scope: str
+    seconds: float
+    skipped: Optional[str] = None
+
+
+@dataclass
+class EvalResult:
+    """A finished evaluation (schema version 1). See ``docs/DEVELOPING.md`` for every key."""
+
+    suite: str
+    dataset: str
+    threat_model: str
+    eps: float
+    eps_str: str
+    n_examples: int
+    seed: int
+    clean_acc: float
+    robust_acc: dict[str, float]
+    attacks: list[AttackResult]
+    routing: dict[str, float]
+    router_robustness: Optional[dict[str, float]]
+    flags: dict[str, dict[str, Any]]
+    unreliable: bool
+    gflops: Optional[dict[str, float]]
+    seconds: float
+    model: dict[str, Any]
+    training: dict[str, Any]
+    checkpoint: Optional[str]
+    checkpoint_sha256: Optional[str]
+    package_version: str
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def worst_case(self) -> float:
+        """The headline number: % robust under every attack of the suite."""
+        return self.robust_acc["worst_case"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # schema_version first: a reader sees the version before anything else.
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        d = dict(d)
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"evaluation results have schema_version {version!r}; this version reads {SCHEMA_VERSION}")
+        d["attacks"] = [from_dict(AttackResult, a, what="attack result") for a in d.get("attacks", [])]
+        return from_dict(cls, d, what="evaluation result")
+
+    @classmethod
+    def from_json(cls, text: str) -> "EvalResult":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"evaluation results are not valid JSON: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "EvalResult":
+        try:
+            text = open(path, encoding="utf-8").read()
+        except OSError as e:
+            raise ConfigError(f"cannot read evaluation results {path}: {e.strerror}") from None
+        return cls.from_json(text)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON atomically (temporary file + rename): never a partial file."""
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
+
+    def deterministic_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the time-valued keys (:data:`TIME_KEYS`): equal for equal settings."""
+        d = self.to_dict()
+        for k in TIME_KEYS:
+            d.pop(k, None)
+        d["attacks"] = [{k: v for k, v in a.items() if k not in TIME_KEYS} for a in d["attacks"]]
+        return d
+
+
+__all__ = ["SCHEMA_VERSION", "TIME_KEYS", "AttackResult", "EvalResult", "pct"]

@@ -1,0 +1,248 @@
+"""Attack suites and the per-example worst-case cascade.
+
+A suite (registered in :data:`SUITES`) is an ordered list of :class:`AttackSpec`, cheap attacks first.
+:func:`run_cascade` runs it on one batch: an example is robust only if it is classified correctly on
+the clean input and under every attack; each attack (scope ``"robust"``) runs only on the examples
+still robust when its turn comes, so the expensive AutoAttack at the end sees few examples.
+
+Built-in suites:
+
+* ``quick``: PGD-20.
+* ``standard``: PGD-50, then AutoAttack (standard version, pyautoattack's own cascade of APGD-CE,
+  APGD-T, FAB-T, Square) on the examples PGD-50 left.
+* ``autoattack``: AutoAttack standard alone, on every clean-correct example: the number that is
+  comparable with RobustBench's ``autoattack_acc``.
+* ``full``: PGD-50, the adaptive MoE attacks (soft-routing PGD, joint output+router loss,
+  pathway-forced), the router attacks (untargeted, and targeted once per expert: all layers pushed to
+  expert ``k``, reported as ``router-targeted-e<k>``), then AutoAttack, plus the gradient-masking checks.
+  MoE-only attacks are skipped, with the reason recorded, for Dense/S-Dense/Sparse models.
+
+Router attacks have scope ``"all"``: they run on every example, because their routing-change rate is a
+property of the whole test set; they still break (for the worst case) any still-robust example whose
+perturbed input is misclassified.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+from .state import AttackRecord, BatchRecord, mask_to_str
+
+SCOPES = ("robust", "all")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One entry of a suite.
+
+    ``name``: the key in the results; ``attack``: the name in ``robustmoe_bench.attacks.ATTACKS``;
+    ``hyper``: extra keyword arguments for ``create_attack``; ``moe_only``: skipped for non-MoE models;
+    ``per_expert``: expanded into one entry per expert ``k`` (``<name>-e<k>``, ``target=k``);
+    ``whitebox``: a pure gradient-based attack (the Square check compares against these).
+    """
+
+    name: str
+    attack: str
+    hyper: tuple[tuple[str, Any], ...] = ()
+    moe_only: bool = False
+    scope: str = "robust"
+    per_expert: bool = False
+    whitebox: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An ordered attack list (cheap first) and whether the gradient-masking checks run."""
+
+    name: str
+    description: str
+    attacks: tuple[AttackSpec, ...]
+    checks: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedAttack:
+    """An :class:`AttackSpec` resolved for one model: expanded per expert, or skipped with a reason."""
+
+    name: str
+    attack: str
+    hyper: dict[str, Any] = field(default_factory=dict)
+    scope: str = "robust"
+    whitebox: bool = True
+    skipped: Optional[str] = None
+
+
+SUITES: Registry[Suite] = Registry("suite")
+
+
+def _add(suite: Suite) -> Suite:
+    SUITES.register(suite.name, suite)
+    return suite
+
+
+PGD20 = AttackSpec("pgd-20", "pgd", (("steps", 20),))
+PGD50 = AttackSpec("pgd-50", "pgd", (("steps", 50),))
+AUTOATTACK = AttackSpec("autoattack", "autoattack", whitebox=False)
+
+_add(Suite("quick", "PGD-20 (a fast first look; not a robustness claim)", (PGD20,)))
+_add(Suite("standard", "PGD-50, then AutoAttack standard on the examples PGD-50 left", (PGD50, AUTOATTACK)))
+_add(Suite("autoattack", "AutoAttack standard alone (comparable with RobustBench's autoattack_acc)", (AUTOATTACK,)))
+_add(Suite(
+    "full",
+    "PGD-50, adaptive MoE attacks (soft routing, joint, pathway-forced), router attacks, AutoAttack, "
+    "gradient-masking checks",
+    (
+        PGD50,
+        AttackSpec("soft-pgd", "soft-pgd", moe_only=True),
+        AttackSpec("joint", "joint", moe_only=True),
+        AttackSpec("pathway-forced", "pathway-forced", moe_only=True),
+        AttackSpec("router-untargeted", "router-untargeted", moe_only=True, scope="all"),
+        AttackSpec("router-targeted", "router-targeted", moe_only=True, scope="all", per_expert=True),
+        AUTOATTACK,
+    ),
+    checks=True,
+))
+
+
+def get_suite(name: str | Suite) -> Suite:
+    """A suite by name (or the suite itself); an unknown name raises :class:`ConfigError`."""
+    from ..errors import ConfigError
+
+    if isinstance(name, Suite):
+        return name
+    if name not in SUITES:
+        raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES.names())}")
+    return SUITES.get(name)
+
+
+def plan(suite: Suite, is_moe: bool, experts: int) -> list[PlannedAttack]:
+    """Resolve a suite for one model: per-expert expansion, and MoE-only attacks skipped (with the
+    reason) for models without MoE layers."""
+    out: list[PlannedAttack] = []
+    for s in suite.attacks:
+        hyper = dict(s.hyper)
+        if s.moe_only and not is_moe:
+            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox, "not an MoE model (no routers)"))
+        elif s.per_expert:
+            for k in range(experts):
+                out.append(PlannedAttack(f"{s.name}-e{k}", s.attack, {**hyper, "target": k}, s.scope, s.whitebox))
+        else:
+            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox))
+    return out
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed that depends only on ``parts`` (stable across runs, processes and platforms)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def batch_attack_seed(seed: int, batch_index: int, position: int) -> int:
+    """Seed of attack ``position`` on batch ``batch_index``: the same in a resumed or sharded run."""
+    return derive_seed(seed, 0, batch_index, position)
+
+
+def has_routing(model: torch.nn.Module) -> bool:
+    """True for a robustmoe_bench model with at least one MoE layer."""
+    layers = getattr(model, "moe_layers", None)
+    return bool(layers and layers())
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: Tensor, routed: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """Predicted labels ``[B]`` and, for MoE models, the expert choices ``[L, B]`` (else ``None``)."""
+    if not routed:
+        return model(x).argmax(1), None
+    from ..models import routing_trace
+
+    with routing_trace(model) as tr:
+        logits = model(x)
+    return logits.argmax(1), tr.experts()
+
+
+def check_in_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str, what: str) -> None:
+    """Refuse an attack output outside the threat model (a bug in the attack would inflate its
+    success); a tolerance of 1e-5 absorbs float rounding."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"{what} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+    if x_adv.numel() and (bool((size > eps * (1 + 1e-5) + 1e-5).any()) or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6):
+        raise RuntimeError(f"{what} returned inputs outside the {norm} ball of radius {eps} or outside [0, 1]")
+
+
+AttackFactory = Callable[..., Any]
+#: ``on_attack(name)`` is called before each attack (progress display).
+AttackHook = Optional[Callable[[str], None]]
+
+
+def run_cascade(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: list[PlannedAttack],
+    *,
+    eps: float,
+    norm: str,
+    seed: int,
+    batch_index: int,
+    factory: AttackFactory | None = None,
+    on_attack: AttackHook = None,
+) -> BatchRecord:
+    """Run the worst-case cascade on one batch.
+
+    ``x``: ``[B, C, H, W]`` in [0, 1]; ``y``: ``[B]`` long. Returns the batch's :class:`BatchRecord`.
+    Each attack is built with a seed from ``(seed, batch_index, position)`` and runs under a forked,
+    freshly seeded torch RNG, so the batch computes the same wherever and whenever it runs.
+    ``factory`` defaults to ``robustmoe_bench.attacks.create_attack``.
+    """
+    if factory is None:
+        from ..attacks import create_attack as factory  # noqa: N813  (lazy: attacks import torch stuff)
+    t0 = time.perf_counter()
+    model.eval()
+    routed = has_routing(model)
+    pred, clean_experts = predict(model, x, routed)
+    robust = pred.eq(y)
+    clean = robust.clone()
+    records: dict[str, AttackRecord] = {}
+    devices = [x.device] if x.device.type == "cuda" else []
+    for pos, a in enumerate(attacks):
+        if a.skipped is not None:
+            continue
+        if on_attack is not None:
+            on_attack(a.name)
+        t1 = time.perf_counter()
+        idx = robust.nonzero().flatten() if a.scope == "robust" else torch.arange(len(y), device=y.device)
+        broken = torch.zeros_like(robust)
+        changed = 0
+        if idx.numel():
+            s = batch_attack_seed(seed, batch_index, pos)
+            atk = factory(a.attack, eps, norm=norm, seed=s, **a.hyper)
+            xs, ys = x[idx], y[idx]
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(s)
+                x_adv = atk(model, xs, ys).detach()
+            check_in_ball(x_adv, xs, eps, norm, a.name)
+            p_adv, e_adv = predict(model, x_adv, routed)
+            hit = p_adv.ne(ys) & robust[idx]
+            broken[idx[hit]] = True
+            robust &= ~broken
+            if routed:
+                changed = int(e_adv.ne(clean_experts[:, idx]).any(0).sum())  # type: ignore[index]
+        records[a.name] = AttackRecord(mask_to_str(broken), int(idx.numel()), changed, time.perf_counter() - t1)
+    return BatchRecord(batch_index, int(len(y)), mask_to_str(clean), records, time.perf_counter() - t0)
+
+
+__all__ = [
+    "SUITES", "AttackSpec", "PlannedAttack", "Suite", "batch_attack_seed", "check_in_ball", "derive_seed",
+    "get_suite", "has_routing", "plan", "predict", "run_cascade",
+]
