@@ -1,0 +1,65 @@
+"""``evaluate``: run an attack suite on a checkpoint, print a table, write the results JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..evaluation import DEFAULT_BATCH_SIZE, SUITES, EvalResult, evaluate
+from .app import app, console
+
+
+def results_table(res: EvalResult) -> Table:
+    """attack | robust acc | routing change | seconds, the worst case in bold, then the flags."""
+    t = Table(title=f"{res.suite} suite on {res.dataset} ({res.threat_model}, eps={res.eps_str}, n={res.n_examples})")
+    t.add_column("attack", style="bold")
+    t.add_column("robust acc %", justify="right")
+    t.add_column("routing change %", justify="right")
+    t.add_column("attacked", justify="right")
+    t.add_column("seconds", justify="right")
+    t.add_row("clean", f"{res.clean_acc:.2f}", "", "", "")
+    for a in res.attacks:
+        if a.skipped is not None:
+            t.add_row(a.name, "[dim]skipped[/]", "", "", f"[dim]{a.skipped}[/]")
+            continue
+        change = "" if a.routing_change is None else f"{a.routing_change:.2f}"
+        t.add_row(a.name, f"{a.robust_acc:.2f}", change, str(a.n_attacked), f"{a.seconds:.1f}")
+    t.add_row("[bold]worst case[/]", f"[bold]{res.worst_case:.2f}[/]", "", "", f"{res.seconds:.1f}", end_section=True)
+    for name, f in res.flags.items():
+        mark = "[green]✓[/]" if f["passed"] else "[bold red]✗[/]"
+        t.add_row(f"{mark} {name}", "", "", "", "")
+        t.add_row("", f"[dim]{f['evidence']}[/]", "", "", "")
+    return t
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ckpt: Path = typer.Argument(..., help="A robustmoe-bench checkpoint (.safetensors)."),
+    suite: str = typer.Option("full", "--suite", "-s", help=f"Attack suite: {', '.join(SUITES.names())}."),
+    n_examples: Optional[int] = typer.Option(None, "--n-examples", "-n", help="Examples (a seeded subset); default all."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 or 0.1; default: the data set's."),
+    norm: str = typer.Option("Linf", "--norm", help="Threat model: Linf or L2."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", help="Examples per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subset and of every attack."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder of the data set's files."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results JSON (written atomically)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <out>.state after an interruption."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate robustness: per-example worst case over a suite of attacks, with gradient-masking flags."""
+    import os
+
+    res = evaluate(
+        ckpt, suite=suite, n_examples=n_examples, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
+        data_root=data_root, out=out, resume=resume, device=device, progress=not quiet,
+    )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
+    console.print(results_table(res))
+    if res.unreliable:
+        console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
+    if out is not None:
+        console.print(f"results written to {out}")
