@@ -116,7 +116,7 @@ def predict_and_route(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor
     return logits.argmax(dim=1), tr.experts(), tr.layer_names
 
 
-def _check_ball(x: Tensor, x_adv: Tensor, eps: float, norm: str, name: str) -> None:
+def check_in_ball(x: Tensor, x_adv: Tensor, eps: float, norm: str, name: str) -> None:
     """An attack that leaves the threat model would make every number below meaningless."""
     if x_adv.shape != x.shape:
         raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
@@ -286,7 +286,7 @@ def dissect(
                 t0 = time.perf_counter()
                 x_adv = atk(model, xb, yb).detach()
                 seconds[k] += time.perf_counter() - t0
-                _check_ball(xb, x_adv, eps, norm, name)
+                check_in_ball(xb, x_adv, eps, norm, name)
                 pred_a, experts_a, _ = predict_and_route(model, x_adv)
                 flags[k]["layer"].append((experts_a != experts).cpu())
                 flags[k]["adv_ok"].append((pred_a == yb).cpu())

@@ -1,0 +1,299 @@
+"""Pathway IoU between an MoE model and a Sparse (Hydra) model's static mask, plus expert utilisation
+(SPEC §6, the paper's Fig. 6).
+
+An input's *pathway* is the set of channels it activates over all MoE layers: in layer ``l`` (``C_l``
+output channels, ``N`` experts) the chosen expert ``e`` owns channels ``[e*C_l/N, (e+1)*C_l/N)``;
+layers are concatenated with per-layer offsets. The Sparse model's mask is the set of kept channels
+of its convolutions at the same positions. ``IoU = |A ∩ B| / |A ∪ B|`` over those concatenated sets.
+
+The intersection needs no per-channel work: with ``k[l, e]`` the number of kept channels inside
+expert ``e``'s slice of layer ``l``, ``|A ∩ B| = Σ_l k[l, e_l]``, ``|A| = Σ_l C_l/N``,
+``|B| = Σ_l kept_l``.
+
+Inputs: clean test examples and PGD examples against the MoE model; the same adversarial examples'
+routing gives the utilisation statistics on adversarial inputs (no second attack).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..checkpoint import atomic_write_bytes
+from ..errors import ConfigError, ModelError
+from .dissect import AttackFn, check_in_ball, predict_and_route, require_moe, resolve_attack
+
+SCHEMA_VERSION = 1
+HIST_BINS = 20
+
+
+# --------------------------------------------------------------------------- layout and masks
+def masked_convs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The channel-masked convolutions of a Sparse (Hydra) model, in execution order."""
+    from ..models import RoutedConv2d
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, RoutedConv2d) and m.channel_mask is not None]
+
+
+def match_layers(moe: torch.nn.Module, sparse: torch.nn.Module) -> tuple[list[str], Tensor]:
+    """Check that ``sparse`` is a Sparse model of ``moe``'s backbone; return the MoE layer names and
+    ``kept`` ``[L, N]`` long: the number of mask-kept channels inside each expert's slice.
+
+    Raises :class:`ModelError` naming the first mismatch (kind, architecture, layer count, layer widths).
+    """
+    require_moe(moe, "pathway IoU")
+    mspec, sspec = moe.spec, getattr(sparse, "spec", None)  # type: ignore[attr-defined]
+    if sspec is None or sspec.kind != "sparse":
+        kind = getattr(sspec, "kind", type(sparse).__name__)
+        raise ModelError(f"the mask checkpoint must be a 'sparse' (Hydra) model, got kind {kind!r}")
+    if mspec.arch != sspec.arch:
+        raise ModelError(f"backbones differ: the MoE model is {mspec.arch!r}, the Sparse model {sspec.arch!r}")
+    if tuple(mspec.input_shape) != tuple(sspec.input_shape):
+        raise ModelError(f"input shapes differ: MoE {tuple(mspec.input_shape)} vs Sparse {tuple(sspec.input_shape)}")
+    mlayers, slayers = moe.moe_layers(), masked_convs(sparse)  # type: ignore[attr-defined]
+    if len(mlayers) != len(slayers):
+        raise ModelError(f"the MoE model has {len(mlayers)} MoE layers but the Sparse model {len(slayers)} masked layers")
+    kept = []
+    for (mname, mconv), (sname, sconv) in zip(mlayers, slayers):
+        if mname != sname:
+            raise ModelError(f"layer order differs: MoE layer {mname!r} vs Sparse layer {sname!r}")
+        if mconv.out_channels != sconv.out_channels:
+            raise ModelError(
+                f"layer {mname}: the MoE layer has {mconv.out_channels} channels in all (N x round(r*C) with "
+                f"N={mspec.experts}, r={mspec.scale:g}) but the Sparse layer {sconv.out_channels}; "
+                "the pathway IoU needs N*r = 1"
+            )
+        mask = sconv.channel_mask.mask.detach().cpu()
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ModelError(f"layer {sname}: the Sparse model's mask is not 0/1 (was it saved while pruning?)")
+        n = mconv.experts
+        kept.append(mask.view(n, -1).sum(dim=1).round().long())
+    return [n for n, _ in mlayers], torch.stack(kept)
+
+
+def pathway_iou(experts: Tensor, kept: Tensor, widths: Tensor, mask_sizes: Tensor) -> Tensor:
+    """IoU per input. ``experts`` ``[L, B]`` long, ``kept`` ``[L, N]`` (kept channels per expert slice),
+    ``widths`` ``[L]`` (channels per expert), ``mask_sizes`` ``[L]`` (kept channels per layer) -> ``[B]``."""
+    inter = kept.gather(1, experts).sum(dim=0).double()  # [B]
+    union = float(widths.sum() + mask_sizes.sum()) - inter
+    return inter / union
+
+
+# --------------------------------------------------------------------------- results
+def _summary(v: Tensor) -> dict[str, float]:
+    v = v.double()
+    return {
+        "mean": float(v.mean()), "std": float(v.std(unbiased=False)), "min": float(v.min()),
+        "q25": float(v.quantile(0.25)), "median": float(v.median()), "q75": float(v.quantile(0.75)),
+        "max": float(v.max()),
+    }
+
+
+def utilisation(experts: Tensor, n_experts: int) -> tuple[list[list[float]], list[float]]:
+    """Share of inputs per expert per layer ``[L][N]`` (fractions) and routing entropy per layer (bits)."""
+    shares, entropy = [], []
+    for row in experts:
+        p = torch.bincount(row.cpu(), minlength=n_experts).double() / row.numel()
+        nz = p[p > 0]
+        shares.append(p.tolist())
+        entropy.append(float(-(nz * nz.log2()).sum()) if nz.numel() else 0.0)
+    return shares, entropy
+
+
+@dataclass
+class Utilisation:
+    """``share[l][e]``: fraction of inputs routed to expert ``e`` in layer ``l``; ``entropy_bits[l]``:
+    entropy of that distribution (max ``log2 N`` = perfectly balanced, 0 = one expert only)."""
+
+    share: list[list[float]]
+    entropy_bits: list[float]
+    mean_entropy_bits: float
+
+
+@dataclass
+class IoUResult:
+    """Per-input pathway IoU on clean and adversarial inputs, their summaries and histogram, and
+    expert utilisation. ``clean``/``adversarial``: IoU per input ``[n]`` (same order as the inputs)."""
+
+    n_examples: int
+    layers: list[str]
+    experts: int
+    pathway_channels: int
+    mask_channels: int
+    clean: list[float]
+    adversarial: list[float]
+    summary: dict[str, dict[str, float]]
+    histogram: dict[str, list[float]]
+    utilisation: dict[str, Utilisation]
+    routing_change_rate: float
+    clean_acc: float
+    adv_acc: float
+    attack: str
+    attack_params: dict[str, Any]
+    eps: float
+    seed: int
+    max_entropy_bits: float
+    model: dict[str, Any] = field(default_factory=dict)
+    mask_model: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+    mask_checkpoint: Optional[str] = None
+    seconds: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "IoUResult":
+        d = dict(d)
+        if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
+            raise ConfigError(f"IoU result written by a newer schema ({d['schema_version']}); upgrade to read it")
+        d["utilisation"] = {k: Utilisation(**v) for k, v in d["utilisation"].items()}
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+        return Path(path)
+
+
+def histogram(clean: Tensor, adv: Tensor, bins: int = HIST_BINS) -> dict[str, list[float]]:
+    """Shared bin edges over both distributions (so the two bar sets are comparable) and counts."""
+    both = torch.cat([clean, adv]).double()
+    lo, hi = float(both.min()), float(both.max())
+    pad = max(0.02, 0.05 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    def counts(v: Tensor) -> list[float]:
+        return torch.histogram(v.double(), bins=edges).hist.tolist()
+    return {"edges": edges.tolist(), "clean": counts(clean), "adversarial": counts(adv)}
+
+
+# --------------------------------------------------------------------------- the analysis
+def iou_analysis(
+    moe: torch.nn.Module,
+    sparse: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: str | AttackFn = "pgd50",
+    eps: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    *,
+    norm: str = "Linf",
+    progress: Callable[[int, int], None] | None = None,
+) -> IoUResult:
+    """Pathway IoU of ``moe`` against ``sparse``'s mask on ``x`` ``[n, C, H, W]`` (labels ``y`` ``[n]``)
+    clean and under ``attack`` (PGD-50 at the data set's ε by default), and expert utilisation.
+
+    The attack runs once per example; its adversarial routing serves both the IoU and the utilisation.
+    """
+    from ..data import get_dataset_info
+
+    names, kept = match_layers(moe, sparse)
+    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ConfigError(f"need x [n, C, H, W] and y [n] with n >= 1, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    spec = moe.spec  # type: ignore[attr-defined]
+    eps = float(get_dataset_info(spec.dataset).eps if eps is None else eps)
+    name, params, atk = resolve_attack(attack, eps, seed=seed, norm=norm)
+    widths = torch.tensor([m.out_channels // m.experts for _, m in moe.moe_layers()])  # type: ignore[attr-defined]
+    mask_sizes = kept.sum(dim=1)
+
+    was_training = moe.training
+    moe.eval()
+    device = next(moe.parameters()).device
+    t0 = time.perf_counter()
+    e_clean, e_adv, ok_clean, ok_adv = [], [], [], []
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            pred, ex, _ = predict_and_route(moe, xb)
+            x_adv = atk(moe, xb, yb).detach()
+            check_in_ball(xb, x_adv, eps, norm, name)
+            pred_a, ex_a, _ = predict_and_route(moe, x_adv)
+            e_clean.append(ex.cpu())
+            e_adv.append(ex_a.cpu())
+            ok_clean.append((pred == yb).cpu())
+            ok_adv.append((pred_a == yb).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, x.shape[0]), x.shape[0])
+    finally:
+        moe.train(was_training)
+
+    ec, ea = torch.cat(e_clean, dim=1), torch.cat(e_adv, dim=1)
+    iou_c = pathway_iou(ec, kept, widths, mask_sizes)
+    iou_a = pathway_iou(ea, kept, widths, mask_sizes)
+    n = x.shape[0]
+    n_exp = int(spec.experts)
+    util = {}
+    for key, ex in (("clean", ec), ("adversarial", ea)):
+        share, ent = utilisation(ex, n_exp)
+        util[key] = Utilisation(share, ent, sum(ent) / len(ent))
+    return IoUResult(
+        n_examples=n, layers=names, experts=n_exp, pathway_channels=int(widths.sum()),
+        mask_channels=int(mask_sizes.sum()), clean=iou_c.tolist(), adversarial=iou_a.tolist(),
+        summary={"clean": _summary(iou_c), "adversarial": _summary(iou_a)},
+        histogram=histogram(iou_c, iou_a), utilisation=util,
+        routing_change_rate=100.0 * float((ec != ea).any(dim=0).double().mean()),
+        clean_acc=100.0 * float(torch.cat(ok_clean).double().mean()),
+        adv_acc=100.0 * float(torch.cat(ok_adv).double().mean()),
+        attack=name, attack_params=params, eps=eps, seed=seed, max_entropy_bits=math.log2(n_exp),
+        model=spec.to_dict(), mask_model=sparse.spec.to_dict(),  # type: ignore[attr-defined]
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# --------------------------------------------------------------------------- figures
+def plot_iou(result: IoUResult, path: str | Path) -> Path:
+    """Histogram of the per-input IoU on clean and adversarial inputs (paper Fig. 6 style)."""
+    from .plots import new_figure, save_figure
+
+    h = result.histogram
+    edges = h["edges"]
+    fig, ax = new_figure(figsize=(7, 4.5))
+    for key, color, label in (("clean", "#3b75af", "clean inputs"), ("adversarial", "#c8423b", f"adversarial ({result.attack})")):
+        mean = result.summary[key]["mean"]
+        ax.stairs(h[key], edges, fill=True, alpha=0.45, color=color, label=f"{label}: mean IoU {mean:.3f}")
+        ax.axvline(mean, color=color, linestyle="--", linewidth=1)
+    ax.set_xlabel("IoU between the input's MoE pathway and the Sparse model's channel mask")
+    ax.set_ylabel(f"number of inputs (of {result.n_examples})")
+    ax.set_title(f"Pathway IoU: {result.model.get('arch', '')} MoE (N={result.experts}) vs Sparse mask")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_utilisation(result: IoUResult, path: str | Path) -> Path:
+    """Share of inputs per expert per MoE layer, clean (solid) and adversarial (hatched)."""
+    from .plots import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(max(7, 1.2 * len(result.layers) + 3), 4.5))
+    L, N = len(result.layers), result.experts
+    width = 0.8 / (2 * N)
+    cmap = [f"C{e % 10}" for e in range(N)]
+    for j, (key, hatch) in enumerate((("clean", None), ("adversarial", "//"))):
+        share = result.utilisation[key].share
+        for e in range(N):
+            xs = [l + (j * N + e - N + 0.5) * width for l in range(L)]
+            ax.bar(xs, [100 * share[l][e] for l in range(L)], width=width, color=cmap[e], hatch=hatch,
+                   edgecolor="black", linewidth=0.3, label=f"expert {e} ({key})")
+    ax.set_xticks(range(L))
+    ax.set_xticklabels(result.layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("% of inputs routed to the expert")
+    ent_c = result.utilisation["clean"].mean_entropy_bits
+    ent_a = result.utilisation["adversarial"].mean_entropy_bits
+    ax.set_title(f"Expert utilisation (mean routing entropy {ent_c:.2f} clean / {ent_a:.2f} adversarial, "
+                 f"max {result.max_entropy_bits:.2f} bits)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
