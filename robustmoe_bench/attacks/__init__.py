@@ -17,7 +17,10 @@ from typing import Any
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import NORMS, Attack, project
+from .adaptive import Joint, PathwayForced, SoftPGD
+from .autoattack import APGDCE, APGDT, FABT, AutoAttackStandard, PyAutoAttack, Square
 from .pgd import PGD, pgd_loop
+from .router import RouterTargeted, RouterUntargeted
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
@@ -28,7 +31,8 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
     return cls
 
 
-for _cls in (PGD,):
+for _cls in (PGD, APGDCE, APGDT, FABT, Square, AutoAttackStandard, RouterUntargeted, RouterTargeted,
+             SoftPGD, PathwayForced, Joint):
     register_attack(_cls)
 
 
@@ -42,4 +46,8 @@ def create_attack(name: str, eps: float, norm: str = "Linf", **kwargs: Any) -> A
     return ATTACKS.get(name)(eps, norm, **kwargs)
 
 
-__all__ = ["ATTACKS", "NORMS", "Attack", "PGD", "create_attack", "pgd_loop", "project", "register_attack"]
+__all__ = [
+    "ATTACKS", "NORMS", "Attack", "PGD", "PyAutoAttack", "APGDCE", "APGDT", "FABT", "Square", "AutoAttackStandard",
+    "RouterUntargeted", "RouterTargeted", "SoftPGD", "PathwayForced", "Joint", "create_attack", "pgd_loop",
+    "project", "register_attack",
+]
