@@ -313,13 +313,42 @@ def dissect(
     )
 
 
-# --------------------------------------------------------------------------- figure
+# --------------------------------------------------------------------------- figures
+def new_axes(ncols: int = 1, figsize: tuple[float, float] = (7.0, 4.5)):
+    """A figure with ``ncols`` axes side by side (headless backend): ``(fig, ax or [ax, ...])``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=figsize, dpi=110)
+
+
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it: through the shared ``analysis.plots.save_figure``
+    when that module is present, else here (same contract: temporary file, then rename)."""
+    try:
+        from .plots import save_figure
+    except ImportError:
+        save_figure = None
+    if save_figure is not None:
+        save_figure(fig, path)
+        return Path(path)
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def plot_dissection(result: DissectResult, path: str | Path, title: str | None = None) -> Path:
     """Stacked bars of the four categories per attack (left) and per-layer routing-change rates (right)."""
-    from .plots import new_figure, save_figure
-
     dis = result.dissections()
-    fig, (ax, ax2) = new_figure(ncols=2, figsize=(11, 4.5))
+    fig, (ax, ax2) = new_axes(ncols=2, figsize=(11, 4.5))
     colors = {"neither": "#4c9a2a", "routers_only": "#f2b134", "prediction_only": "#5b8ec9", "both": "#c8423b"}
     labels = [d.attack for d in dis]
     bottom = [0.0] * len(dis)
@@ -350,5 +379,6 @@ def plot_dissection(result: DissectResult, path: str | Path, title: str | None =
     ax2.legend(title="attack", fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return save_png(fig, path)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import ConfigError, ModelError
-from .dissect import AttackFn, check_in_ball, predict_and_route, require_moe, resolve_attack
+from .dissect import AttackFn, check_in_ball, new_axes, predict_and_route, require_moe, resolve_attack, save_png
 
 SCHEMA_VERSION = 1
 HIST_BINS = 20
@@ -256,11 +256,9 @@ def iou_analysis(
 # --------------------------------------------------------------------------- figures
 def plot_iou(result: IoUResult, path: str | Path) -> Path:
     """Histogram of the per-input IoU on clean and adversarial inputs (paper Fig. 6 style)."""
-    from .plots import new_figure, save_figure
-
     h = result.histogram
     edges = h["edges"]
-    fig, ax = new_figure(figsize=(7, 4.5))
+    fig, ax = new_axes(figsize=(7, 4.5))
     for key, color, label in (("clean", "#3b75af", "clean inputs"), ("adversarial", "#c8423b", f"adversarial ({result.attack})")):
         mean = result.summary[key]["mean"]
         ax.stairs(h[key], edges, fill=True, alpha=0.45, color=color, label=f"{label}: mean IoU {mean:.3f}")
@@ -269,14 +267,13 @@ def plot_iou(result: IoUResult, path: str | Path) -> Path:
     ax.set_ylabel(f"number of inputs (of {result.n_examples})")
     ax.set_title(f"Pathway IoU: {result.model.get('arch', '')} MoE (N={result.experts}) vs Sparse mask")
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return save_png(fig, path)
 
 
 def plot_utilisation(result: IoUResult, path: str | Path) -> Path:
     """Share of inputs per expert per MoE layer, clean (solid) and adversarial (hatched)."""
-    from .plots import new_figure, save_figure
-
-    fig, ax = new_figure(figsize=(max(7, 1.2 * len(result.layers) + 3), 4.5))
+    fig, ax = new_axes(figsize=(max(7, 1.2 * len(result.layers) + 3), 4.5))
     L, N = len(result.layers), result.experts
     width = 0.8 / (2 * N)
     cmap = [f"C{e % 10}" for e in range(N)]
@@ -296,4 +293,5 @@ def plot_utilisation(result: IoUResult, path: str | Path) -> Path:
     ax.set_title(f"Expert utilisation (mean routing entropy {ent_c:.2f} clean / {ent_a:.2f} adversarial, "
                  f"max {result.max_entropy_bits:.2f} bits)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return save_png(fig, path)
