@@ -1,0 +1,238 @@
+"""Model zoo: register a checkpoint with its results, load it back verified, refuse corrupt or unknown
+models, never fetch without being asked."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustmoe_bench
+from robustmoe_bench import create_model, save_checkpoint
+from robustmoe_bench.cli import run
+from robustmoe_bench.errors import CheckpointError, RobustMoEError
+from robustmoe_bench.zoo import (
+    PACKAGED_REGISTRY,
+    ZooError,
+    get_zoo_model,
+    load_model,
+    load_zoo_checkpoint,
+    register_zoo_model,
+    sha256_file,
+    zoo_models,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("resnet-tiny", kind="moe", dataset="fashion-mnist")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, model, training={"method": "advmoe", "epochs": 1})
+    return path, model
+
+
+def results_for(ckpt: Path, net, **over) -> dict:
+    r = {
+        "schema_version": 1, "suite": "full", "dataset": "fashion-mnist", "threat_model": "Linf",
+        "eps": 0.1, "eps_str": "0.1", "n_examples": 100, "seed": 0, "clean_acc": 80.0,
+        "robust_acc": {"pgd-50": 60.0, "autoattack": 55.0, "worst_case": 53.0},
+        "flags": {}, "unreliable": False, "gflops": {"pathway": 0.001, "router": 0.00001, "total": 0.00101},
+        "model": net.spec.to_dict(), "training": {"method": "advmoe"},
+        "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt),
+    }
+    r.update(over)
+    return r
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_register_and_load_back(tiny_ckpt, tmp_path, capsys):
+    ckpt, model = tiny_ckpt
+    res = write_json(tmp_path / "results.json", results_for(ckpt, model))
+    zoo = tmp_path / "zoo"
+    rc = run(["zoo", "add", "tiny-moe", str(ckpt), "--results", str(res), "--root", str(zoo),
+              "--description", "test model"])
+    assert rc == 0, capsys.readouterr().err
+    assert "added tiny-moe" in capsys.readouterr().out
+    # The checkpoint was copied; the registry records sha256, size, spec, training and results.
+    copied = zoo / "tiny-moe.safetensors"
+    assert copied.read_bytes() == ckpt.read_bytes()
+    reg = json.loads((zoo / "registry.json").read_text())
+    assert reg["schema_version"] == 1 and list(reg["models"]) == ["tiny-moe"]
+    rec = reg["models"]["tiny-moe"]
+    assert rec["sha256"] == sha256_file(ckpt) and rec["size_bytes"] == ckpt.stat().st_size
+    assert rec["file"] == "tiny-moe.safetensors" and rec["url"] is None
+    assert rec["model"]["kind"] == "moe" and rec["model"]["arch"] == "resnet-tiny"
+    assert rec["training"] == {"epochs": 1, "method": "advmoe"}
+    assert rec["results"]["robust_acc"]["autoattack"] == 55.0 and rec["description"] == "test model"
+
+    loaded = load_model("tiny-moe", root=zoo)
+    assert robustmoe_bench.load_model is load_model
+    assert not loaded.training
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    x = torch.rand(4, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+    assert run(["zoo", "list", "--root", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-moe" in out and "ok" in out and "AutoAttack 55.00%" in out
+    assert run(["zoo", "show", "tiny-moe", "--root", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    assert "sha256 verified" in out and "worst case 53.00%" in out
+    assert run(["zoo", "show", "tiny-moe", "--root", str(zoo), "--json"]) == 0
+    cap = capsys.readouterr()
+    shown = json.loads(cap.out)
+    assert shown["name"] == "tiny-moe" and shown["sha256"] == rec["sha256"] and "sha256 verified" in cap.err
+
+
+def test_corrupt_weights_fail_before_loading(tiny_ckpt, tmp_path, capsys):
+    ckpt, _ = tiny_ckpt
+    zoo = tmp_path / "zoo"
+    m = register_zoo_model("tiny", ckpt, root=zoo)
+    f = zoo / "tiny.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight: still a parseable safetensors file
+    f.write_bytes(bytes(data))
+    actual = sha256_file(f)
+    with pytest.raises(CheckpointError) as ei:
+        load_model("tiny", root=zoo)
+    msg = str(ei.value)
+    assert "sha256 mismatch" in msg and m.sha256 in msg and actual in msg
+    assert run(["zoo", "show", "tiny", "--root", str(zoo)]) == 2
+    err = capsys.readouterr().err
+    assert "sha256 mismatch" in err and "Traceback" not in err
+    assert run(["zoo", "list", "--root", str(zoo)]) == 2
+    cap = capsys.readouterr()
+    assert "MISMATCH" in cap.out and "failed sha256 verification: tiny" in cap.err
+    f.unlink()
+    with pytest.raises(ZooError, match="not found"):
+        load_model("tiny", root=zoo)
+
+
+def test_unknown_name_lists_known_names(tiny_ckpt, tmp_path, capsys):
+    ckpt, _ = tiny_ckpt
+    zoo = tmp_path / "zoo"
+    register_zoo_model("alpha", ckpt, root=zoo)
+    register_zoo_model("beta", ckpt, root=zoo)
+    with pytest.raises(ZooError, match=r"unknown zoo model 'gamma'; known: alpha, beta"):
+        load_model("gamma", root=zoo)
+    assert run(["zoo", "show", "gamma", "--root", str(zoo)]) == 2
+    assert "known: alpha, beta" in capsys.readouterr().err
+    with pytest.raises(ZooError, match="the zoo is empty"):
+        get_zoo_model("x", root=tmp_path / "empty")
+
+
+def test_refusals(tiny_ckpt, tmp_path):
+    ckpt, model = tiny_ckpt
+    zoo = tmp_path / "zoo"
+    register_zoo_model("m", ckpt, root=zoo)
+    with pytest.raises(ZooError, match="already exists"):
+        register_zoo_model("m", ckpt, root=zoo)
+    register_zoo_model("m", ckpt, root=zoo, force=True, description="again")
+    assert get_zoo_model("m", root=zoo).description == "again"
+    for bad in ("../evil", "a/b", ".x", ""):
+        with pytest.raises(RobustMoEError, match="invalid zoo model name"):
+            register_zoo_model(bad, ckpt, root=zoo)
+    # Results computed on another checkpoint, or about another model, are refused.
+    other = write_json(tmp_path / "r1.json", results_for(ckpt, model, checkpoint_sha256="0" * 64))
+    with pytest.raises(ZooError, match="different checkpoint"):
+        register_zoo_model("n", ckpt, other, root=zoo)
+    spec = dict(model.spec.to_dict(), experts=4)
+    other = write_json(tmp_path / "r2.json", results_for(ckpt, model, model=spec))
+    with pytest.raises(ZooError, match="different model"):
+        register_zoo_model("n", ckpt, other, root=zoo)
+    # Not a checkpoint.
+    pkl = tmp_path / "x.pt"
+    torch.save({"a": torch.zeros(1)}, pkl)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        register_zoo_model("n", pkl, root=zoo)
+    assert sorted(p.name for p in zoo.iterdir()) == ["m.safetensors", "registry.json"]
+    assert [m.name for m in zoo_models(zoo)] == ["m"]
+
+
+def test_url_models_are_fetched_only_when_asked(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    ckpt, model = tiny_ckpt
+    monkeypatch.setenv("ROBUSTMOE_CACHE", str(tmp_path / "cache"))
+    hosted = tmp_path / "hosted.safetensors"
+    hosted.write_bytes(ckpt.read_bytes())
+    zoo = tmp_path / "zoo"
+    register_zoo_model("remote", ckpt, root=zoo, url=hosted.as_uri())
+    assert not (zoo / "remote.safetensors").exists()
+    with pytest.raises(ZooError, match="not downloaded.*download=True"):
+        load_model("remote", root=zoo)
+    assert run(["zoo", "show", "remote", "--root", str(zoo)]) == 2
+    assert "--download" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    # A tampered download is discarded, not cached.
+    data = bytearray(hosted.read_bytes())
+    data[-1] ^= 0x01
+    hosted.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="download was discarded"):
+        load_model("remote", root=zoo, download=True)
+    assert list((tmp_path / "cache" / "zoo").iterdir()) == []
+    hosted.write_bytes(ckpt.read_bytes())
+    assert run(["zoo", "show", "remote", "--root", str(zoo), "--download"]) == 0
+    loaded = load_model("remote", root=zoo)  # now cached: no download needed
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_zoo_env_and_packaged_registry(tiny_ckpt, tmp_path, monkeypatch):
+    ckpt, _ = tiny_ckpt
+    monkeypatch.delenv("ROBUSTMOE_ZOO", raising=False)
+    # The packaged registry parses (whatever models it ships).
+    packaged = json.loads(PACKAGED_REGISTRY.read_text())
+    assert packaged["schema_version"] == 1
+    assert [m.name for m in zoo_models()] == sorted(packaged["models"])
+    monkeypatch.setenv("ROBUSTMOE_ZOO", str(tmp_path / "envzoo"))
+    register_zoo_model("via-env", ckpt)
+    assert (tmp_path / "envzoo" / "via-env.safetensors").is_file()
+    assert load_zoo_checkpoint("via-env").training["method"] == "advmoe"
+    assert json.loads(PACKAGED_REGISTRY.read_text()) == packaged
+
+
+def test_corrupt_registry_is_a_clear_error(tmp_path, capsys):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "registry.json").write_text("{oops")
+    assert run(["zoo", "list", "--root", str(zoo)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    (zoo / "registry.json").write_text(json.dumps({"schema_version": 1, "models": {
+        "x": {"sha256": "0" * 64, "size_bytes": 1, "model": {}, "file": "../../etc/x.safetensors"}}}))
+    with pytest.raises(ZooError, match="invalid weight file name"):
+        zoo_models(zoo)
+
+
+def _add_worker(ckpt, zoo, name, barrier, queue):
+    barrier.wait(timeout=30)
+    try:
+        register_zoo_model(name, ckpt, root=zoo)
+        queue.put("ok")
+    except Exception as e:  # noqa: BLE001 -- reported to the parent
+        queue.put(f"{type(e).__name__}: {e}")
+
+
+def test_concurrent_adds_lose_no_model(tiny_ckpt, tmp_path):
+    ckpt, _ = tiny_ckpt
+    zoo = tmp_path / "zoo"
+    ctx = mp.get_context("fork")
+    names = [f"m{i}" for i in range(4)]
+    barrier, queue = ctx.Barrier(len(names)), ctx.Queue()
+    procs = [ctx.Process(target=_add_worker, args=(ckpt, zoo, n, barrier, queue)) for n in names]
+    for p in procs:
+        p.start()
+    out = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert out == ["ok"] * 4
+    assert [m.name for m in zoo_models(zoo)] == names
+    for n in names:
+        assert load_model(n, root=zoo) is not None
