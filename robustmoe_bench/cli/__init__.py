@@ -12,6 +12,8 @@ from .app import app, main, run
 COMMAND_MODULES = [
     "models_cmd",
     "evaluate_cmd",
+    "leaderboard_cmd",
+    "zoo_cmd",
 ]
 
 for _name in COMMAND_MODULES:
