@@ -89,8 +89,9 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        # schema_version first: a reader sees the version before anything else.
-        return {"schema_version": d.pop("schema_version"), **d}
+        # schema_version first: a reader sees the version before anything else. The JSON round trip
+        # makes the in-memory dict equal to what a reader of the file gets (tuples become lists).
+        return json.loads(json.dumps({"schema_version": d.pop("schema_version"), **d}))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

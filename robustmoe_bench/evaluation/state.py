@@ -81,6 +81,10 @@ class StateFolder:
     path: Path
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # compare in JSON form (tuples become lists on disk); sort_keys for a stable order
+        self.fingerprint = json.loads(json.dumps(self.fingerprint, sort_keys=True))
+
     @staticmethod
     def for_output(out: str | os.PathLike[str]) -> Path:
         return Path(str(out) + ".state")

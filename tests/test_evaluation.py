@@ -1,0 +1,427 @@
+"""Evaluation: the worst-case cascade, suites, checks, results JSON, resume after SIGKILL, torchrun
+sharding, AutoAttack equality with a direct pyautoattack run, and clean failures on bad input."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robustmoe_bench import create_model, save_checkpoint
+from robustmoe_bench.cli import run as cli_run
+from robustmoe_bench.data import as_tensors, load_dataset, subset_indices
+from robustmoe_bench.errors import ConfigError
+from robustmoe_bench.evaluation import SUITES, EvalResult, evaluate, get_suite, plan, run_cascade
+from robustmoe_bench.evaluation.checks import deterministic_routing, eps_increase, zero_gradients
+from robustmoe_bench.evaluation.results import TIME_KEYS
+from robustmoe_bench.evaluation.state import StateFolder
+from robustmoe_bench.evaluation.suites import PlannedAttack, batch_attack_seed
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = "0.03"  # the synthetic classes are 0.1 apart in brightness: 0.03 leaves some examples robust
+
+RESULT_KEYS = {
+    "schema_version", "suite", "dataset", "threat_model", "eps", "eps_str", "n_examples", "seed", "clean_acc",
+    "robust_acc", "attacks", "routing", "router_robustness", "flags", "unreliable", "gflops", "seconds", "model",
+    "training", "checkpoint", "checkpoint_sha256", "package_version",
+}
+
+
+# ------------------------------------------------------------------ tiny data set and model
+
+def synth(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST-shaped uint8 images whose class is their brightness level (0.05, 0.15, ... 0.95)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 10
+    x = ((y.float() + 0.5) / 10).view(-1, 1, 1, 1) + (torch.rand(n, 1, 28, 28, generator=g) - 0.5) * 0.1
+    return (x * 255).round().clamp(0, 255).to(torch.uint8), y
+
+
+def write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    imgs = images.numpy().reshape(-1, 28, 28).astype(np.uint8)
+    labs = labels.numpy().astype(np.uint8)
+    for stem, magic, arr in ((f"{prefix}-images-idx3-ubyte", 2051, imgs), (f"{prefix}-labels-idx1-ubyte", 2049, labs)):
+        data = struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Same arithmetic as the OMP_NUM_THREADS=1 subprocesses (torchrun sets it too)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A data folder (60 test examples) and a briefly trained resnet-tiny MoE checkpoint."""
+    root = tmp_path_factory.mktemp("evaldata")
+    data = root / "fmnist"
+    data.mkdir()
+    xtr, ytr = synth(320, 1)
+    write_idx(data, "train", xtr, ytr)
+    write_idx(data, "t10k", *synth(60, 2))
+    torch.manual_seed(0)
+    model = create_model("resnet-tiny", kind="moe", dataset="fashion-mnist")
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
+    with single_thread():
+        for _ in range(50):
+            idx = torch.randint(0, 320, (32,))
+            loss = nn.functional.cross_entropy(model(xtr[idx].float() / 255), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    ckpt = root / "tiny.safetensors"
+    save_checkpoint(ckpt, model, training={"method": "test-ce", "steps": 50})
+    return {"data": data, "ckpt": ckpt, "root": root}
+
+
+def sub_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# ------------------------------------------------------------------ suites and the cascade (fake attacks)
+
+class Toy(nn.Module):
+    """Class 1 iff pixel (0, 0, 0) > 0.5, else class 0. Pixel (0, 0, 1) carries an example id / 100."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x[:, 0, 0, 0] - 0.5
+        return torch.stack([-s, s], 1) * 10
+
+
+class Breaker:
+    """Fake attack: pushes pixel (0, 0, 0) up by eps (flipping Toy to class 1) on the examples in ``ids``."""
+
+    calls: list[tuple[str, list[int], int]] = []
+
+    def __init__(self, name: str, eps: float, norm: str = "Linf", *, seed: int = 0, ids: tuple[int, ...] = (),
+                 overshoot: float = 1.0) -> None:
+        self.name, self.eps, self.seed, self.ids, self.overshoot = name, eps, seed, set(ids), overshoot
+
+    def params(self) -> dict[str, Any]:
+        return {"eps": self.eps, "seed": self.seed, "ids": sorted(self.ids)}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ids = (x[:, 0, 0, 1] * 100).round().long().tolist()
+        Breaker.calls.append((self.name, ids, self.seed))
+        out = x.clone()
+        hit = torch.tensor([i in self.ids for i in ids], dtype=torch.bool)
+        out[hit, 0, 0, 0] += self.eps * self.overshoot
+        return out
+
+
+def toy_batch(n: int = 8, wrong: tuple[int, ...] = (7,)) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.zeros(n, 1, 4, 4)
+    x[:, 0, 0, 0] = 0.45
+    x[list(wrong), 0, 0, 0] = 0.6
+    x[:, 0, 0, 1] = torch.arange(n) / 100
+    return x, torch.zeros(n, dtype=torch.long)
+
+
+def test_cascade_attacks_only_still_robust_examples_and_keeps_worst_case() -> None:
+    Breaker.calls = []
+    attacks = [
+        PlannedAttack("a", "a", {"ids": (1, 2)}),
+        PlannedAttack("b", "b", {"ids": (2, 3)}),
+        PlannedAttack("skip", "skip", {}, skipped="not an MoE model"),
+        PlannedAttack("r", "r", {"ids": (4, 7)}, scope="all"),
+    ]
+    x, y = toy_batch()
+    rec = run_cascade(Toy(), x, y, attacks, eps=0.1, norm="Linf", seed=5, batch_index=3, factory=Breaker)
+    assert rec.clean == "11111110"
+    # "a" sees the 7 clean-correct examples; "b" only those "a" left; the router-like "r" sees everything
+    assert [c[:2] for c in Breaker.calls] == [("a", [0, 1, 2, 3, 4, 5, 6]), ("b", [0, 3, 4, 5, 6]),
+                                              ("r", [0, 1, 2, 3, 4, 5, 6, 7])]
+    assert rec.attacks["a"].broken == "01100000" and rec.attacks["a"].n_attacked == 7
+    assert rec.attacks["b"].broken == "00010000" and rec.attacks["b"].n_attacked == 5
+    assert rec.attacks["r"].broken == "00001000" and rec.attacks["r"].n_attacked == 8  # 7 was wrong already
+    assert "skip" not in rec.attacks
+    seeds = [c[2] for c in Breaker.calls]
+    assert len(set(seeds)) == 3 and seeds == [batch_attack_seed(5, 3, p) for p in (0, 1, 3)]
+    assert batch_attack_seed(5, 3, 0) != batch_attack_seed(5, 4, 0) != batch_attack_seed(6, 3, 0)
+
+
+def test_cascade_refuses_attack_output_outside_the_ball() -> None:
+    x, y = toy_batch()
+    bad = [PlannedAttack("a", "a", {"ids": (1,), "overshoot": 2.0})]
+    with pytest.raises(RuntimeError, match="outside the Linf ball"):
+        run_cascade(Toy(), x, y, bad, eps=0.1, norm="Linf", seed=0, batch_index=0, factory=Breaker)
+
+
+def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
+    assert set(SUITES.names()) >= {"quick", "standard", "full", "autoattack"}
+    assert [s.name for s in get_suite("quick").attacks] == ["pgd-20"]
+    assert [s.name for s in get_suite("standard").attacks] == ["pgd-50", "autoattack"]
+    full = [s.name for s in get_suite("full").attacks]
+    assert full[0] == "pgd-50" and full[-1] == "autoattack" and get_suite("full").checks
+    dense = plan(get_suite("full"), is_moe=False, experts=1)
+    assert [a.name for a in dense if a.skipped is None] == ["pgd-50", "autoattack"]
+    assert all(a.skipped == "not an MoE model (no routers)" for a in dense if a.name not in ("pgd-50", "autoattack"))
+    moe = plan(get_suite("full"), is_moe=True, experts=3)
+    targeted = [a for a in moe if a.attack == "router-targeted"]
+    assert [(a.name, a.hyper["target"], a.scope) for a in targeted] == [
+        ("router-targeted-e0", 0, "all"), ("router-targeted-e1", 1, "all"), ("router-targeted-e2", 2, "all")]
+    with pytest.raises(ConfigError, match="unknown suite 'fast'"):
+        get_suite("fast")
+
+
+# ------------------------------------------------------------------ results JSON, against an independent recomputation
+
+def test_quick_suite_json_matches_direct_pgd(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "res.json"
+    with single_thread():
+        code = cli_run(["evaluate", str(setup["ckpt"]), "--suite", "quick", "--n-examples", "40", "--eps", EPS,
+                        "--batch-size", "16", "--seed", "3", "--data-root", str(setup["data"]), "--out", str(out), "-q"])
+    assert code == 0
+    d = json.loads(out.read_text())
+    assert set(d) == RESULT_KEYS and d["schema_version"] == 1
+    assert not StateFolder.for_output(out).exists()  # the state is removed once the results are written
+    res = EvalResult.from_json(out.read_text())
+    assert res.to_dict() == d
+
+    # recompute every number by hand: same subset, same per-batch seeds, the attack called directly
+    from robustmoe_bench.attacks import create_attack
+    from robustmoe_bench.checkpoint import load_checkpoint
+    from robustmoe_bench.models import routing_trace
+
+    model = load_checkpoint(setup["ckpt"]).model
+    test = load_dataset("fashion-mnist", "test", root=setup["data"])
+    idx = subset_indices(len(test), 40, 3)
+    clean = robust = changed = 0
+    with single_thread():
+        for b in range(3):
+            x, y = as_tensors(test, idx[b * 16:(b + 1) * 16])
+            with torch.no_grad(), routing_trace(model) as tr:
+                ok = model(x).argmax(1) == y
+            e_clean = tr.experts()
+            clean += int(ok.sum())
+            xa = create_attack("pgd", 0.03, steps=20, seed=batch_attack_seed(3, b, 0))(model, x[ok], y[ok])
+            with torch.no_grad(), routing_trace(model) as tr:
+                robust += int((model(xa).argmax(1) == y[ok]).sum())
+            changed += int((tr.experts() != e_clean[:, ok]).any(0).sum())
+    assert d["clean_acc"] == pytest.approx(100 * clean / 40, abs=1e-4)
+    assert d["robust_acc"] == {"pgd-20": pytest.approx(100 * robust / 40, abs=1e-4),
+                               "worst_case": pytest.approx(100 * robust / 40, abs=1e-4)}
+    assert 0 < robust < clean  # the fixture leaves something to measure
+    assert d["routing"]["pgd-20"] == pytest.approx(100 * changed / 40, abs=1e-4)
+    assert d["router_robustness"]["pgd-20"] == pytest.approx(100 - 100 * changed / 40, abs=1e-4)
+    a = d["attacks"][0]
+    assert (a["name"], a["n_attacked"], a["n_broken"], a["params"]["steps"]) == ("pgd-20", clean, clean - robust, 20)
+    assert d["eps"] == 0.03 and d["eps_str"] == "0.03" and d["threat_model"] == "Linf" and d["seed"] == 3
+    assert d["model"]["kind"] == "moe" and d["training"]["method"] == "test-ce"
+    assert d["checkpoint"] == str(setup["ckpt"]) and len(d["checkpoint_sha256"]) == 64
+    assert d["flags"] == {} and d["unreliable"] is False
+    assert d["gflops"] is None or d["gflops"]["total"] > 0
+
+
+def test_results_round_trip_and_strict_reading(tmp_path: Path) -> None:
+    good = {"schema_version": 1, "suite": "quick"}
+    with pytest.raises(ConfigError, match="schema_version 2"):
+        EvalResult.from_dict({**good, "schema_version": 2})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        EvalResult.from_json("{")
+
+
+# ------------------------------------------------------------------ resume
+
+def deterministic(path: Path) -> dict[str, Any]:
+    d = EvalResult.load(path).deterministic_dict()
+    assert "seconds" in TIME_KEYS and "seconds" not in d
+    return d
+
+
+def test_resume_after_sigkill_gives_identical_results(setup: dict[str, Path], tmp_path: Path) -> None:
+    args = ["evaluate", str(setup["ckpt"]), "--suite", "quick", "--eps", EPS, "--batch-size", "2", "--seed", "1",
+            "--data-root", str(setup["data"]), "-q"]
+    ref = tmp_path / "ref.json"
+    with single_thread():
+        assert cli_run(args + ["--out", str(ref)]) == 0
+
+    out = tmp_path / "killed.json"
+    state = StateFolder.for_output(out)
+    proc = subprocess.Popen([sys.executable, "-m", "robustmoe_bench", *args, "--out", str(out)], cwd=REPO,
+                            env=sub_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_dir() and len(list(state.glob("batch-*.json"))) >= 3:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # mid-run: no chance to clean up
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = len(list(state.glob("batch-*.json")))
+    assert 3 <= finished < 30 and not out.exists()  # no partial results file
+    with single_thread():
+        assert cli_run(args + ["--out", str(out), "--resume"]) == 0
+    assert deterministic(out) == deterministic(ref)
+
+
+def test_resume_after_crash_in_process_and_refuses_other_settings(setup: dict[str, Path], tmp_path: Path) -> None:
+    kw = dict(suite="quick", n_examples=24, eps=EPS, batch_size=4, seed=2, data_root=setup["data"], progress=False)
+    out = tmp_path / "r.json"
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(i: int) -> None:
+        if i == 2:
+            raise Crash
+
+    with single_thread():
+        ref = evaluate(setup["ckpt"], **kw)
+        with pytest.raises(Crash):
+            evaluate(setup["ckpt"], out=out, on_batch=crash_after_two, **kw)
+        assert not out.exists() and len(list(StateFolder.for_output(out).glob("batch-*.json"))) == 3
+        with pytest.raises(ConfigError, match="different settings \\(eps"):
+            evaluate(setup["ckpt"], out=out, resume=True, **{**kw, "eps": "0.02"})
+        seen: list[int] = []
+        res = evaluate(setup["ckpt"], out=out, resume=True, on_batch=seen.append, **kw)
+    assert seen == [3, 4, 5]  # only the missing batches were computed
+    assert res.deterministic_dict() == ref.deterministic_dict() == deterministic(out)
+
+
+# ------------------------------------------------------------------ torchrun sharding
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_torchrun_two_processes_equal_one_process(setup: dict[str, Path], tmp_path: Path) -> None:
+    args = ["evaluate", str(setup["ckpt"]), "--suite", "quick", "--n-examples", "30", "--eps", EPS,
+            "--batch-size", "4", "--seed", "4", "--data-root", str(setup["data"]), "-q"]
+    one = tmp_path / "one.json"
+    with single_thread():
+        assert cli_run(args + ["--out", str(one)]) == 0
+    two = tmp_path / "two.json"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           "-m", "robustmoe_bench", *args, "--out", str(two)]
+    p = subprocess.run(cmd, cwd=REPO, env=sub_env(), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert deterministic(two) == deterministic(one)
+
+
+# ------------------------------------------------------------------ bad input: one line, non-zero exit, no file
+
+@pytest.fixture(scope="module")
+def mismatched_ckpt(setup: dict[str, Path]) -> Path:
+    path = setup["root"] / "seven-classes.safetensors"
+    save_checkpoint(path, create_model("resnet-tiny", kind="moe", dataset="fashion-mnist", num_classes=7))
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("pixel-eps", "pixel units"),
+    ("too-many", "only 60"),
+    ("classes", "7 classes but fashion-mnist has 10"),
+    ("suite", "unknown suite 'fastest'"),
+    ("missing", "checkpoint not found"),
+    ("norm", "norm must be one of Linf, L2"),
+    ("resume-no-out", "--resume needs --out"),
+    ("zero-examples", "positive integer"),
+])
+def test_bad_input_gives_one_line_and_no_results_file(setup: dict[str, Path], mismatched_ckpt: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str], case: str, message: str) -> None:
+    out = tmp_path / "never.json"
+    base = ["evaluate", str(setup["ckpt"]), "--suite", "quick", "--data-root", str(setup["data"]), "-q"]
+    argv = {
+        "pixel-eps": base + ["--eps", "8"],
+        "too-many": base + ["--n-examples", "61"],
+        "classes": ["evaluate", str(mismatched_ckpt), "--suite", "quick", "--data-root", str(setup["data"])],
+        "suite": base[:2] + ["--suite", "fastest", "--data-root", str(setup["data"])],
+        "missing": ["evaluate", str(tmp_path / "nope.safetensors"), "--data-root", str(setup["data"])],
+        "norm": base + ["--norm", "L3"],
+        "resume-no-out": base + ["--resume"],
+        "zero-examples": base + ["--n-examples", "0"],
+    }[case]
+    if case != "resume-no-out":
+        argv = argv + ["--out", str(out)]
+    code = cli_run(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not StateFolder.for_output(out).exists()
+
+
+# ------------------------------------------------------------------ gradient-masking checks
+
+class Quantised(nn.Module):
+    """Rounds inputs to 4 grey levels before the model: piecewise constant, so input gradients are 0."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 3) / 3)
+
+
+class Noisy(nn.Module):
+    """Adds fresh noise to the logits on every call: not deterministic."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out + 1e-3 * torch.randn_like(out)
+
+
+def _pgd_factory(name: str, eps: float, norm: str = "Linf", **kw: Any) -> Any:
+    from robustmoe_bench.attacks import create_attack
+
+    return create_attack(name, eps, norm, **kw)
+
+
+def test_checks_pass_on_a_plain_model_and_flag_masking(setup: dict[str, Path]) -> None:
+    from robustmoe_bench.checkpoint import load_checkpoint
+
+    model = load_checkpoint(setup["ckpt"]).model
+    x, y = as_tensors(load_dataset("fashion-mnist", "test", root=setup["data"]), list(range(30)))
+    with single_thread():
+        ok = eps_increase(model, x, y, eps=0.03, norm="Linf", seed=0, factory=_pgd_factory)
+        assert ok["passed"] and ok["values"]["accuracy"]["x16"] < 5.0
+        assert ok["values"]["eps"]["x16"] == pytest.approx(0.48)
+        zg = zero_gradients(model, x, y)
+        assert zg["passed"] and zg["values"]["examples_all_zero"] == 0.0
+        det = deterministic_routing(model, x)
+        assert det["passed"] and det["values"]["identical_routing"]
+
+        masked = Quantised(model)
+        zq = zero_gradients(masked, x, y)
+        assert not zq["passed"] and zq["values"]["examples_all_zero"] == 100.0 and zq["values"]["entries_zero"] == 100.0
+        # a zero gradient leaves PGD with only its random start: accuracy does not fall to ~0 as eps grows
+        eq = eps_increase(masked, x, y, eps=0.03, norm="Linf", seed=0, factory=_pgd_factory)
+        assert eq["values"]["accuracy"]["x1"] > 0
+        nd = deterministic_routing(Noisy(model), x)
+        assert not nd["passed"] and not nd["values"]["identical_logits"]
