@@ -93,3 +93,35 @@ def make_masked_gradient_moe(eps: float = 0.1, n: int = 32, seed: int = 0) -> tu
     if not bool((pred == y).all()) or int(tr.experts().max()) != 0:
         raise RuntimeError("crafted model: clean inputs must take expert 0 and be classified correctly")
     return model, x, y
+
+
+@torch.no_grad()
+def make_diverse_routing_moe(router: str = "shared", n: int = 32, spread: float = 2.0,
+                             seed: int = 0) -> tuple[RoutedNet, Tensor, Tensor]:
+    """A randomly initialised 2-expert ``resnet-tiny`` MoE whose routers split the inputs about evenly.
+
+    At random initialisation every input tends to take the same expert (the router scores are
+    dominated by constant features). Each router's two scores are recalibrated, layer by layer in
+    execution order, so that ``score_1 - score_0 = a * (d - median(d))`` on the returned inputs, with
+    ``a`` set so the difference has standard deviation ``spread``: about half the inputs per expert,
+    with typical margins of a few logits. Labels are the model's own clean predictions (clean accuracy
+    100 %). Returns ``(model in eval mode, x [n, 1, 28, 28], y [n])``.
+    """
+    torch.manual_seed(seed)
+    model = create_model("resnet-tiny", kind="moe", experts=2, router=router, dataset="fashion-mnist").eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, 1, 28, 28), generator=g)
+    fcs = [model.router.fc] if router == "shared" else [m.router.fc for _, m in model.moe_layers()]
+    for i, fc in enumerate(fcs):
+        with routing_trace(model) as tr:
+            model(x)
+        logits = tr.logits()[i]
+        d = logits[:, 1] - logits[:, 0]
+        med = d.median()
+        a = spread / float(d.std().clamp_min(1e-8))
+        w = (fc.weight[1] - fc.weight[0]).clone()
+        b = float(fc.bias[1] - fc.bias[0] - med)
+        fc.weight[0], fc.weight[1] = -a / 2 * w, a / 2 * w
+        fc.bias[0], fc.bias[1] = -a / 2 * b, a / 2 * b
+    y = model(x).argmax(1)
+    return model, x, y
