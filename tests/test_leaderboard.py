@@ -141,6 +141,37 @@ def test_unreliable_from_failed_gradient_masking_flags():
     assert any("unreliable is false" in p for p in entry_problems(d, dataset="cifar10", threat_model="Linf"))
 
 
+def test_autoattack_in_a_cascade_is_labelled_as_such():
+    def att(name, acc, skipped=None):
+        return {"name": name, "attack": name, "params": {}, "robust_acc": acc, "n_attacked": 10, "n_broken": 1,
+                "routing_change": None, "scope": "robust", "seconds": 1.0, "skipped": skipped}
+
+    r = make_results(attacks=[att("pgd-50", 60.1), att("soft-pgd", None, "not an MoE model"),
+                              att("autoattack", 57.4), att("router-pgd", 56.0)])
+    d = entry_from_results(r, title="t").to_json_dict()
+    assert d["robustmoe_autoattack_after"] == ["pgd-50"]
+    assert "autoattack_acc: AutoAttack (standard) in the per-example cascade of suite 'full', after pgd-50" in d["footnote"]
+    assert entry_problems(d, dataset="cifar10", threat_model="Linf") == []
+    # AutoAttack first: its own number, no note.
+    r = make_results(attacks=[att("autoattack", 57.4), att("router-pgd", 56.0)])
+    d = entry_from_results(r, title="t").to_json_dict()
+    assert d["robustmoe_autoattack_after"] == [] and "cascade" not in d["footnote"]
+
+
+def test_reads_the_evaluation_producers_results():
+    """Results as the evaluation package itself serialises them (EvalResult.to_dict)."""
+    results_mod = pytest.importorskip("robustmoe_bench.evaluation.results")
+    fields = {f for f in results_mod.EvalResult.__dataclass_fields__}
+    raw = {k: v for k, v in make_results().items() if k in fields}
+    raw["attacks"] = [results_mod.AttackResult("pgd-50", "pgd", {"steps": 50}, 60.1, 500, 74, 12.5, "robust", 3.0),
+                      results_mod.AttackResult("autoattack", "autoattack", {}, 57.4, 426, 15, 1.0, "robust", 9.0)]
+    res = results_mod.EvalResult(**raw)
+    d = entry_from_results(res.to_dict(), title="t").to_json_dict()
+    assert d["clean_acc"] == "85.20" and d["autoattack_acc"] == "57.40" and d["external"] == "54.20"
+    assert d["robustmoe_autoattack_after"] == ["pgd-50"] and d["robustmoe_suite"] == "full"
+    assert entry_problems(d, dataset="cifar10", threat_model="Linf") == []
+
+
 def test_dense_model_extras_are_null_where_not_applicable():
     r = make_results(model={"arch": "wrn-28-10", "kind": "dense", "experts": 2, "scale": 0.5, "router": "layer"},
                      router_robustness=None, routing={})

@@ -10,8 +10,12 @@ tooling reads entries key by key and never looks at them.
 
 Which number is which (the honest-evaluation choice):
 
-- ``autoattack_acc`` is AutoAttack's number and nothing else (``robust_acc["autoattack"]`` of the
-  evaluation results); an evaluation without AutoAttack cannot be published.
+- ``autoattack_acc`` is AutoAttack's number (``robust_acc["autoattack"]`` of the evaluation results);
+  an evaluation without AutoAttack cannot be published. The evaluation is a per-example cascade, so
+  when other attacks ran before AutoAttack (suites ``standard``, ``full``) this is AutoAttack's figure
+  in the cascade: examples those attacks broke count as broken, so it never exceeds AutoAttack alone.
+  The entry says so (``robustmoe_autoattack_after`` and the footnote); ``--suite autoattack`` gives
+  AutoAttack alone, exactly comparable with RobustBench.
 - ``external`` is RobustBench's field for a stronger evaluation than AutoAttack. When our suite's
   per-example worst case (which adds PGD-50, router-targeted and adaptive MoE attacks) is lower than
   AutoAttack's number, it goes there, so RobustBench's ranking (``external`` if present, else
@@ -132,6 +136,7 @@ class MoEExtras:
     suite: str
     n_examples: int
     failed_checks: tuple[str, ...] = ()
+    autoattack_after: tuple[str, ...] = ()
     checkpoint_sha256: Optional[str] = None
     package_version: Optional[str] = None
 
@@ -157,6 +162,7 @@ class MoEExtras:
             ("suite", self.suite),
             ("n_examples", self.n_examples),
             ("failed_checks", list(self.failed_checks)),
+            ("autoattack_after", list(self.autoattack_after)),
             ("checkpoint_sha256", self.checkpoint_sha256),
             ("package_version", self.package_version),
         ]
@@ -178,6 +184,7 @@ class MoEExtras:
                 worst_case_acc=parse_acc(g("worst_case_acc"), EXTRA_PREFIX + "worst_case_acc"),
                 router_robustness=None if rr is None else {k: parse_acc(v, f"router robustness {k}") for k, v in rr.items()},
                 suite=g("suite"), n_examples=g("n_examples"), failed_checks=tuple(g("failed_checks") or ()),
+                autoattack_after=tuple(g("autoattack_after") or ()),
                 checkpoint_sha256=g("checkpoint_sha256"), package_version=g("package_version"),
             )
         except (AttributeError, TypeError) as e:
@@ -326,6 +333,24 @@ def failed_checks(results: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+def attacks_before_autoattack(results: Mapping[str, Any]) -> tuple[str, ...]:
+    """Attacks that ran before AutoAttack in the suite's cascade (skipped ones excluded), in order.
+
+    The evaluation is a per-example cascade, so ``robust_acc["autoattack"]`` counts an example as
+    robust only if it survived these attacks too: AutoAttack's figure *in the cascade*, never above
+    what AutoAttack alone would give. Empty when AutoAttack ran first (its own number)."""
+    attacks = results.get("attacks") or []
+    before: list[str] = []
+    for a in attacks:
+        if not isinstance(a, Mapping):
+            raise LeaderboardError("results: 'attacks' must be a list of attack objects")
+        if a.get("name") == "autoattack":
+            return tuple(before)
+        if a.get("skipped") is None and a.get("robust_acc") is not None:
+            before.append(str(a.get("name")))
+    return ()
+
+
 def entry_from_results(
     results: Mapping[str, Any],
     *,
@@ -382,6 +407,7 @@ def entry_from_results(
     # Compare as published (two decimals) so 'external' never shows the same string as 'autoattack_acc'.
     external = worst if format_acc(worst) != format_acc(aa) else None
     failed = failed_checks(results)
+    aa_after = attacks_before_autoattack(results)
     unreliable = bool(results.get("unreliable", False)) or bool(failed)
 
     model = results.get("model") or {}
@@ -415,11 +441,18 @@ def entry_from_results(
         suite=suite,
         n_examples=int(results.get("n_examples", 0)),
         failed_checks=failed,
+        autoattack_after=aa_after,
         checkpoint_sha256=results.get("checkpoint_sha256"),
         package_version=results.get("package_version"),
     )
 
     notes = [footnote] if footnote else []
+    if aa_after:
+        notes.append(
+            f"autoattack_acc: AutoAttack (standard) in the per-example cascade of suite '{suite}', after "
+            f"{', '.join(aa_after)}; examples broken earlier count as broken, so it is at most AutoAttack's "
+            "accuracy alone (evaluate with --suite autoattack for that number)."
+        )
     if external is not None:
         attacks = ", ".join(str(k) for k in robust if k != "worst_case")
         notes.append(
