@@ -197,11 +197,11 @@ def png_size(path: Path) -> tuple[int, int]:
     return check_png(path)
 
 
-def write_fmnist(folder: Path, n_test: int, seed: int = 0) -> None:
+def write_fmnist(folder: Path, n_test: int, seed: int = 0, n_train: int = 8) -> None:
     """Tiny Fashion-MNIST IDX files (train and test) with random pixels and labels."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", 8), ("t10k", n_test)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         img = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         lab = rng.integers(0, 10, size=(n,), dtype=np.uint8)
         (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + img.tobytes())

@@ -1,0 +1,153 @@
+"""Experts x scale sweep: resume/skip logic with injected train/eval, validation, and a real tiny run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robustmoe_bench.analysis.sweep import SweepConfig, parse_experts, parse_scales, run_sweep
+from robustmoe_bench.cli import run
+from robustmoe_bench.errors import ConfigError
+from test_dissect import png_size, write_fmnist
+
+TINY = {"arch": "resnet-tiny", "subset": 16, "batch_size": 8, "epochs": 1, "holdout": 8, "eval_steps": 1,
+        "train_steps": 1}
+
+
+class FakeRuns:
+    """Stand-ins for training and evaluation: record calls; accuracy a known function of (N, r)."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.trained: list[str] = []
+        self.evaluated: list[str] = []
+        self.fail_on = fail_on
+
+    def train(self, cfg, out_dir: Path, resume: bool) -> Path:
+        name = out_dir.parent.name
+        self.trained.append(name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = out_dir / "ckpt.pt"
+        ckpt.write_text(json.dumps({"method": cfg.method, "experts": cfg.experts, "scale": cfg.scale}))
+        return ckpt
+
+    def eval(self, ckpt: Path, out: Path) -> dict:
+        name = out.parent.name
+        if name == self.fail_on:
+            raise KeyboardInterrupt  # an interruption in the middle of the sweep
+        self.evaluated.append(name)
+        c = json.loads(ckpt.read_text())
+        robust = 30.0 if c["method"] == "at-dense" else 10.0 * c["experts"] + 20.0 * c["scale"]
+        return {"clean_acc": robust + 40.0, "robust_acc": {"pgd-20": robust + 1.0, "worst_case": robust},
+                "gflops": {"pathway": 0.01, "router": 0.001, "total": 0.011}, "unreliable": False}
+
+
+def cfg(**kw) -> SweepConfig:
+    base = dict(experts=[2, 4], scales=[0.25, 0.5], method="advmoe", preset="fmnist-mini", train_overrides=TINY,
+                suite="quick", n_examples=8)
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def test_grid_resume_skips_finished_cells(tmp_path: Path) -> None:
+    runs = FakeRuns(fail_on="N4_r0.25")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg(), tmp_path, train_fn=runs.train, eval_fn=runs.eval)
+    # dense first, then the grid in order; N4_r0.25 trained but its evaluation was interrupted
+    assert runs.trained == ["dense", "N2_r0.25", "N2_r0.5", "N4_r0.25"]
+    assert runs.evaluated == ["dense", "N2_r0.25", "N2_r0.5"]
+    assert not (tmp_path / "sweep.json").exists()
+
+    again = FakeRuns()
+    res = run_sweep(cfg(), tmp_path, train_fn=again.train, eval_fn=again.eval)
+    assert again.trained == ["N4_r0.5"]  # N4_r0.25 only needed its evaluation
+    assert again.evaluated == ["N4_r0.25", "N4_r0.5"]
+    assert res.skipped == ["dense", "N2_r0.25", "N2_r0.5"]
+    assert res.grid() == [[25.0, 30.0], [45.0, 50.0]]
+    assert res.dense is not None and res.dense.robust_acc == 30.0 and res.dense.method == "at-dense"
+
+    third = FakeRuns()
+    res3 = run_sweep(cfg(), tmp_path, train_fn=third.train, eval_fn=third.eval)
+    assert third.trained == [] and third.evaluated == [] and len(res3.skipped) == 5
+
+    d = json.loads((tmp_path / "sweep.json").read_text())
+    assert d["schema_version"] == 1
+    assert d["config"]["experts"] == [2, 4] and d["config"]["scales"] == [0.25, 0.5]
+    assert [(c["experts"], c["scale"], c["robust_acc"]) for c in d["cells"]] == [
+        (2, 0.25, 25.0), (2, 0.5, 30.0), (4, 0.25, 45.0), (4, 0.5, 50.0)]
+    md = (tmp_path / "sweep.md").read_text()
+    assert "| 4 | 45.00 / 85.00 | 50.00 / 90.00 |" in md and "Dense reference (at-dense): 30.00 / 70.00" in md
+    w, h = png_size(tmp_path / "sweep.png")
+    assert w >= 400 and h >= 300
+
+
+def test_changed_settings_are_refused_not_mixed(tmp_path: Path) -> None:
+    runs = FakeRuns()
+    run_sweep(cfg(experts=[2], scales=[0.5], dense_reference=False), tmp_path, train_fn=runs.train, eval_fn=runs.eval)
+    with pytest.raises(ConfigError, match="different settings"):
+        run_sweep(cfg(experts=[2], scales=[0.5], dense_reference=False, suite="standard"), tmp_path,
+                  train_fn=runs.train, eval_fn=runs.eval)
+
+
+def test_validation() -> None:
+    assert parse_experts("2, 4,8") == [2, 4, 8]
+    assert parse_scales("0.2,0.5,1") == [0.2, 0.5, 1.0]
+    for bad in ("1,2", "2,2", "2,x", "", "2,,4", "2.5"):
+        with pytest.raises(ConfigError, match="--experts"):
+            parse_experts(bad)
+    for bad in ("0", "0.5,1.5", "-0.2", "nan", "a"):
+        with pytest.raises(ConfigError, match="--scale"):
+            parse_scales(bad)
+    with pytest.raises(ConfigError, match="does not train an MoE"):
+        cfg(method="at-dense").validate()
+    with pytest.raises(ConfigError, match="set by the sweep"):
+        cfg(train_overrides={"experts": 3}).validate()
+
+
+def test_cli_bad_grid_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = run(["sweep", "--experts", "1,2", "--scale", "0.5", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "at least 2 experts" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def _real_sweep(tmp_path: Path, dense: bool) -> None:
+    data = tmp_path / "fm"
+    write_fmnist(data, n_test=8, n_train=8)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--experts", "2", "--scale", "0.5", "--method", "advmoe", "--preset", "fmnist-mini",
+            "--arch", "resnet-tiny", "--epochs", "1", "--subset", "8", "--batch-size", "8", "--set", "holdout=4",
+            "--set", "eval_steps=1", "--set", "train_steps=1", "--suite", "quick", "--n-examples", "4",
+            "--data-root", str(data), "--out", str(out)] + ([] if dense else ["--no-dense"])
+    assert run(argv) == 0
+    d = json.loads((out / "sweep.json").read_text())
+    cell = d["cells"][0]
+    ev = json.loads(Path(cell["eval_json"]).read_text())
+    assert cell["robust_acc"] == ev["robust_acc"]["worst_case"] and cell["clean_acc"] == ev["clean_acc"]
+    assert ev["model"]["kind"] == "moe" and ev["model"]["experts"] == 2 and ev["model"]["arch"] == "resnet-tiny"
+    assert ev["n_examples"] == 4 and ev["suite"] == "quick"
+    if dense:
+        dense_ev = json.loads(Path(d["dense"]["eval_json"]).read_text())
+        assert dense_ev["model"]["kind"] == "dense"
+        assert d["dense"]["robust_acc"] == dense_ev["robust_acc"]["worst_case"]
+    else:
+        assert d["dense"] is None
+    ckpt = Path(cell["checkpoint"])
+    mtime = ckpt.stat().st_mtime_ns
+
+    assert run(argv) == 0  # resumed: every cell finished, nothing retrained
+    d2 = json.loads((out / "sweep.json").read_text())
+    assert d2["skipped"] == (["dense"] if dense else []) + ["N2_r0.5"] and ckpt.stat().st_mtime_ns == mtime
+    assert d2["cells"][0]["robust_acc"] == cell["robust_acc"]
+    assert png_size(out / "sweep.png")[0] >= 400
+
+
+def test_real_tiny_sweep_through_the_cli(tmp_path: Path) -> None:
+    """Real training and evaluation of one cell; a rerun trains and evaluates nothing."""
+    _real_sweep(tmp_path, dense=False)
+
+
+@pytest.mark.slow
+def test_real_tiny_sweep_with_dense_reference(tmp_path: Path) -> None:
+    """As above, with the real at-dense reference trained and evaluated too."""
+    _real_sweep(tmp_path, dense=True)
