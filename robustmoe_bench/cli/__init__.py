@@ -11,6 +11,7 @@ from .app import app, main, run
 # One module per area; importing a module registers its commands.
 COMMAND_MODULES = [
     "models_cmd",
+    "analysis_cmd",
     "evaluate_cmd",
     "leaderboard_cmd",
     "zoo_cmd",
