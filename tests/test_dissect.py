@@ -218,29 +218,33 @@ def test_cli_end_to_end_matches_an_independent_count(tmp_path: Path) -> None:
     data = tmp_path / "fm"
     write_fmnist(data, n_test=20)
     out = tmp_path / "out"
-    rc = run(["dissect", str(ckpt), "--attack", "pgd3", "--n-examples", "16", "--data-root", str(data),
-              "--batch-size", "64", "--out", str(out)])
+    rc = run(["dissect", str(ckpt), "--attack", "pgd3", "--routers", "--router-steps", "3", "--n-examples", "16",
+              "--data-root", str(data), "--batch-size", "64", "--out", str(out)])
     assert rc == 0
     d = json.loads((out / "dissect.json").read_text())
     a = d["attack"]
     assert a["attack"] == "pgd-3" and a["params"]["steps"] == 3 and d["eps"] == pytest.approx(0.1)
     assert sum(a["counts"].values()) == 16
 
-    # the same numbers computed here without dissect(): same examples, same seeded attack, one batch
+    # the same numbers computed here without dissect(): same examples, same seeded attacks, one batch
     x, y = as_tensors(load_dataset("fashion-mnist", "test", root=data), subset_indices(20, 16, 0))
-    x_adv = create_attack("pgd", 0.1, steps=3, seed=0)(model, x, y)
-    with torch.no_grad(), routing_trace(model) as tr:
-        p0 = model(x).argmax(1)
-        p1 = model(x_adv).argmax(1)
-    changed = torch.stack([r0.expert != r1.expert for r0, r1 in zip(tr.forwards[0], tr.forwards[1])])
-    routers = changed.any(0)
-    pred = (p0 != y) | (p1 != y)
-    assert a["counts"] == {
-        "neither": int((~routers & ~pred).sum()), "routers_only": int((routers & ~pred).sum()),
-        "prediction_only": int((~routers & pred).sum()), "both": int((routers & pred).sum()),
-    }
+    for key, atk in (("attack", create_attack("pgd", 0.1, steps=3, seed=0)),
+                     ("router_attack", create_attack("router-untargeted", 0.1, steps=3, seed=0))):
+        x_adv = atk(model, x, y)
+        with torch.no_grad(), routing_trace(model) as tr:
+            p0 = model(x).argmax(1)
+            p1 = model(x_adv).argmax(1)
+        changed = torch.stack([r0.expert != r1.expert for r0, r1 in zip(tr.forwards[0], tr.forwards[1])])
+        routers = changed.any(0)
+        pred = (p0 != y) | (p1 != y)
+        assert d[key]["counts"] == {
+            "neither": int((~routers & ~pred).sum()), "routers_only": int((routers & ~pred).sum()),
+            "prediction_only": int((~routers & pred).sum()), "both": int((routers & pred).sum()),
+        }
+        assert list(d[key]["layer_change_rates"].values()) == pytest.approx((100 * changed.float().mean(1)).tolist())
     assert d["clean_acc"] == pytest.approx(100 * float((p0 == y).float().mean()))
-    assert list(a["layer_change_rates"].values()) == pytest.approx((100 * changed.float().mean(1)).tolist())
+    assert d["router_attack"]["attack"] == "router-untargeted-3"
+    assert d["routers_alone_robust_acc"] == pytest.approx(100 * float((~routers).float().mean()))
 
     w, h = png_size(out / "dissect.png")
     assert w >= 400 and h >= 250

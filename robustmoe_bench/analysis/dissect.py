@@ -67,12 +67,13 @@ def require_moe(model: torch.nn.Module, what: str = "this analysis") -> None:
 
 
 def resolve_attack(
-    attack: str | AttackFn, eps: float, *, seed: int = 0, norm: str = "Linf"
+    attack: str | AttackFn, eps: float, *, seed: int = 0, norm: str = "Linf", **extra: Any
 ) -> tuple[str, dict[str, Any], AttackFn]:
     """Turn an attack name (``pgd50``, ``pgd-50``, ``router-untargeted``, any registered attack) or a
     callable into ``(display name, parameters, atk)``.
 
     ``pgdK`` means PGD with K steps; ``router-untargeted`` attacks every MoE layer's router.
+    ``extra``: further hyper-parameters for a named attack (e.g. ``steps``).
     """
     if callable(attack):
         name = str(getattr(attack, "name", type(attack).__name__))
@@ -89,6 +90,9 @@ def resolve_attack(
         base, hyper, display = text, {"layers": "all"}, text
     else:
         base, display = text, text
+    hyper.update(extra)
+    if base != "pgd" and "steps" in extra:
+        display = f"{display}-{extra['steps']}"
     from ..attacks import create_attack  # lazy: the attacks package is heavier than this module
 
     try:
@@ -241,11 +245,13 @@ def dissect(
     *,
     norm: str = "Linf",
     router_attack: str | AttackFn = "router-untargeted",
+    router_steps: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DissectResult:
     """Dissect ``model``'s robustness on ``x`` ``[n, C, H, W]`` in [0, 1] with labels ``y`` ``[n]``.
 
-    ``eps`` defaults to the data set's usual radius. Each attack runs once per example, streamed in
+    ``eps`` defaults to the data set's usual radius; ``router_steps`` overrides the router attack's
+    step count (its default is 50). Each attack runs once per example, streamed in
     batches of ``batch_size``; ``progress(done, n)`` is called after each batch. Raises
     :class:`ModelError` for a model without routers.
     """
@@ -265,7 +271,8 @@ def dissect(
 
     kinds: list[tuple[str, dict[str, Any], AttackFn]] = [resolve_attack(attack, eps, seed=seed, norm=norm)]
     if routers:
-        kinds.append(resolve_attack(router_attack, eps, seed=seed, norm=norm))
+        extra = {} if router_steps is None or callable(router_attack) else {"steps": int(router_steps)}
+        kinds.append(resolve_attack(router_attack, eps, seed=seed, norm=norm, **extra))
 
     was_training = model.training
     model.eval()  # routing decisions and BN statistics must be those of inference

@@ -42,6 +42,7 @@ def dissect_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for dissect.json and dissect.png."),
     routers: bool = typer.Option(False, "--routers", help="Also dissect under the router-untargeted attack."),
     attack: str = typer.Option("pgd50", "--attack", help="Model attack: pgdK (e.g. pgd50) or any attack name."),
+    router_steps: Optional[int] = typer.Option(None, "--router-steps", help="Steps of the router attack (default 50)."),
     n_examples: int = typer.Option(1000, "--n-examples", help="Test examples (seeded subset)."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the data set's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the example subset and of the attacks."),
@@ -54,7 +55,8 @@ def dissect_cmd(
 
     model = _moe_checkpoint(ckpt, "dissection")
     x, y = _load_examples(model.spec.dataset, split, n_examples, seed, data_root)
-    res = dissect(model, x, y, attack=attack, routers=routers, eps=_eps(eps), seed=seed, batch_size=batch_size)
+    res = dissect(model, x, y, attack=attack, routers=routers, eps=_eps(eps), seed=seed, batch_size=batch_size,
+                  router_steps=router_steps)
     res.checkpoint = str(ckpt)
     plot_dissection(res, out / "dissect.png", title=f"{ckpt.name}: {model.spec.describe()}")
     res.save(out / "dissect.json")  # last: its presence means the run finished
