@@ -1,0 +1,81 @@
+"""``train``: train a model with one of the registered methods (thin: parse, call the library, print)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+from .app import app, console
+
+
+@app.command("train")
+def train_cmd(
+    method: Optional[str] = typer.Option(None, "--method", help="std, at-dense, at-sdense, at-sparse, at-moe, advmoe."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture (see `robustmoe-bench models`)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set name, e.g. fashion-mnist, cifar10."),
+    experts: Optional[int] = typer.Option(None, "--experts", help="Experts per MoE layer (MoE methods; >= 2)."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Model scale r in (0, 1]."),
+    router: Optional[str] = typer.Option(None, "--router", help="Router design: layer or shared."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (at-sparse: over all three phases)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine decay)."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius in [0,1] units, e.g. 0.1 or 8/255."),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="PGD steps K of the TRADES attack."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="TRADES beta."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="Train on this many training examples."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (new or empty)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named setup, e.g. fmnist-mini."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    from_dense: Optional[Path] = typer.Option(None, "--from-dense", help="at-sparse: start from this Dense checkpoint."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set files."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading workers (on-disk data sets)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or per-epoch lines."),
+) -> None:
+    """Train into --out: ckpt.pt, config.json, metrics.jsonl, trajectory.png."""
+    from ..training import TrainConfig, train
+    from ..training.outputs import read_config
+
+    runtime = {"device": device, "workers": workers,
+               "data_root": str(data_root) if data_root is not None else None}
+    runtime = {k: v for k, v in runtime.items() if v is not None}
+    given = {
+        "method": method, "arch": arch, "dataset": dataset, "experts": experts, "scale": scale, "router": router,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "eps_str": eps, "train_steps": train_steps,
+        "beta": beta, "seed": seed, "subset": subset,
+        "from_dense": str(from_dense) if from_dense is not None else None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume is not None:
+        if given or preset is not None:
+            flags = ", ".join("--" + k.replace("_str", "").replace("_", "-") for k in given)
+            raise ConfigError(f"--resume takes the run's settings from {resume}/config.json; drop {flags or '--preset'}")
+        if out is not None and out.resolve() != resume.resolve():
+            raise ConfigError(f"--out {out} differs from --resume {resume}; give only --resume")
+        cfg = read_config(resume)
+        for k, v in runtime.items():
+            setattr(cfg, k, v)
+        target = resume
+    else:
+        if out is None:
+            raise ConfigError("--out DIR is required (or --resume DIR)")
+        if "method" not in given:
+            raise ConfigError("--method is required")
+        if preset is not None:
+            cfg = TrainConfig.from_preset(preset, **given, **runtime)
+        else:
+            missing = [f"--{k}" for k in ("arch", "dataset") if k not in given]
+            if missing:
+                raise ConfigError(f"{' and '.join(missing)} required (or use --preset fmnist-mini)")
+            cfg = TrainConfig.from_dict({**given, **runtime})
+        target = out
+    result = train(cfg, target, progress=not quiet, resume=resume is not None)
+    if not quiet:
+        console.print(
+            f"[bold]done[/]: {result.ckpt}  clean {result.final_clean_acc:.1f}%  "
+            f"PGD-10 {result.final_pgd10_acc:.1f}%  ({result.seconds:.0f}s over {result.epochs} epochs)",
+            highlight=False,
+        )

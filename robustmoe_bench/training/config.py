@@ -1,0 +1,192 @@
+"""``TrainConfig``: the typed, validated configuration of one training run (saved as ``config.json``).
+
+Defaults follow SPEC section 4 (TRADES, beta 6, K=2 PGD steps of 2.5*eps/K, SGD momentum 0.9, weight decay
+5e-4, lr 0.1 with cosine decay, batch 128). ``TrainConfig.from_preset`` gives named small setups.
+
+at-sparse splits ``epochs`` over its three phases (pretrain, learn channel scores, finetune with the
+mask fixed): prune and finetune get a quarter each (at least one epoch), pretrain the rest. With
+``from_dense`` the pretrain phase is skipped and the epochs are split half and half.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import format_eps, from_dict, parse_eps
+from ..errors import ConfigError
+
+#: Method name -> model kind it trains (the method registry checks it agrees).
+METHOD_KINDS = {
+    "std": "dense", "at-dense": "dense", "at-sdense": "sdense", "at-sparse": "sparse",
+    "at-moe": "moe", "advmoe": "moe",
+}
+
+#: Fields that describe how a run is executed, not what it computes: ignored when a folder's stored
+#: configuration is compared with a new one.
+RUNTIME_FIELDS = ("device", "workers", "data_root")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``eps`` is an L-inf radius in [0, 1] pixel space (``"8/255"`` strings accepted)."""
+
+    method: str
+    arch: str
+    dataset: str
+    experts: int = 2
+    scale: float = 0.5
+    router: str = "layer"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eps: float | None = None  # None: the data set's default
+    eps_str: str | None = None
+    train_steps: int = 2
+    step_size: float | None = None  # None: 2.5 * eps / train_steps
+    beta: float = 6.0
+    seed: int = 0
+    subset: int | None = None  # train on this many training examples (seeded choice); None: all
+    holdout: int = 500  # held-out test examples for the per-epoch clean / PGD-10 monitor
+    eval_steps: int = 10
+    augment: bool | None = None  # None: crop+flip for 32px+ colour data sets, none for Fashion-MNIST
+    phase_epochs: list[int] | None = None  # at-sparse: [pretrain, prune, finetune]
+    from_dense: str | None = None  # at-sparse: start from this Dense checkpoint instead of pretraining
+    preset: str | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    workers: int = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Strict construction (unknown keys are errors), then :meth:`resolve`."""
+        return from_dict(cls, dict(d), what="training config").resolve()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """A named preset (see :data:`PRESETS`) with ``overrides`` (``method=...`` at least)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        base = dict(PRESETS[name])
+        method = overrides.get("method")
+        base.update(PRESET_METHOD_OVERRIDES.get(name, {}).get(method, {}))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        base["preset"] = name
+        if "method" not in base:
+            raise ConfigError(f"preset {name!r} needs a method")
+        return cls.from_dict(base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def run_identity(self) -> dict[str, Any]:
+        """The fields that define what the run computes (used to detect a different run in a folder)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    # ------------------------------------------------------------------ validation
+    def resolve(self) -> "TrainConfig":
+        """Validate every field and fill data-set defaults; returns ``self``. Raises :class:`ConfigError`."""
+        from ..data import get_dataset_info
+        from ..models.backbones import ARCHITECTURES, WRN_PATTERN
+
+        if self.method not in METHOD_KINDS:
+            raise ConfigError(f"unknown training method {self.method!r}; known: {', '.join(sorted(METHOD_KINDS))}")
+        if self.arch not in ARCHITECTURES and not WRN_PATTERN.match(self.arch):
+            raise ConfigError(
+                f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES.names())} (and any wrn-D-W)"
+            )
+        info = get_dataset_info(self.dataset)  # DataError for an unknown name
+        if self.kind == "moe":
+            if int(self.experts) < 2:
+                raise ConfigError(f"an MoE model needs at least 2 experts, got --experts {self.experts}")
+            if self.router not in ("layer", "shared"):
+                raise ConfigError(f"unknown router design {self.router!r}; known: layer, shared")
+        if not (0 < float(self.scale) <= 1):
+            raise ConfigError(f"--scale must be in (0, 1], got {self.scale}")
+        self.experts, self.scale = int(self.experts), float(self.scale)
+        if self.eps is None and self.eps_str is None:
+            self.eps, self.eps_str = info.eps, info.eps_str
+        else:
+            text = self.eps_str if self.eps_str is not None else str(self.eps)
+            eps = parse_eps(text)
+            if self.eps is not None and abs(float(self.eps) - eps) > 1e-12:
+                raise ConfigError(f"eps={self.eps} disagrees with eps_str={self.eps_str!r}")
+            self.eps = eps
+            self.eps_str = text if "/" in text else format_eps(eps)
+        for name in ("epochs", "batch_size", "train_steps", "holdout", "eval_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        for name in ("lr", "beta"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
+                raise ConfigError(f"{name} must be a positive number, got {v}")
+        if self.subset is not None and int(self.subset) < self.batch_size:
+            raise ConfigError(f"subset ({self.subset}) must hold at least one batch ({self.batch_size})")
+        if self.step_size is None:
+            self.step_size = 2.5 * self.eps / self.train_steps
+        elif not 0 < self.step_size <= self.eps * 2.5:
+            raise ConfigError(f"step size {self.step_size} must be in (0, 2.5*eps]")
+        if self.augment is None:
+            self.augment = info.input_shape[1] >= 32
+        if self.from_dense is not None and self.method != "at-sparse":
+            raise ConfigError("--from-dense is only for --method at-sparse")
+        if self.method == "at-sparse":
+            self.phase_epochs = self._sparse_phases()
+        elif self.phase_epochs is not None:
+            raise ConfigError("phase_epochs is only for at-sparse")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
+        return self
+
+    def _sparse_phases(self) -> list[int]:
+        if self.phase_epochs is not None:
+            p = [int(e) for e in self.phase_epochs]
+            if len(p) != 3 or min(p) < 0 or p[1] < 1 or p[2] < 1:
+                raise ConfigError(f"phase_epochs must be [pretrain>=0, prune>=1, finetune>=1], got {p}")
+            if self.from_dense is None and p[0] < 1:
+                raise ConfigError("at-sparse without --from-dense needs at least one pretrain epoch")
+            if self.from_dense is not None and p[0] != 0:
+                raise ConfigError("with --from-dense the pretrain phase is skipped: its epochs must be 0")
+            if sum(p) != self.epochs:
+                raise ConfigError(f"phase_epochs {p} must add up to epochs={self.epochs}")
+            return p
+        if self.from_dense is not None:
+            if self.epochs < 2:
+                raise ConfigError("at-sparse from a Dense checkpoint needs epochs >= 2 (prune + finetune)")
+            prune = max(1, self.epochs // 2)
+            return [0, prune, self.epochs - prune]
+        if self.epochs < 3:
+            raise ConfigError("at-sparse needs epochs >= 3 (pretrain, prune, finetune)")
+        quarter = max(1, round(self.epochs / 4))
+        return [self.epochs - 2 * quarter, quarter, quarter]
+
+    @property
+    def kind(self) -> str:
+        return METHOD_KINDS.get(self.method, "dense")
+
+
+#: Small named setups. ``fmnist-mini``: resnet-mini on 10k Fashion-MNIST training examples, sized so that
+#: each method trains in about 2 minutes on 2 idle CPU cores (advmoe about twice that per epoch).
+PRESETS: dict[str, dict[str, Any]] = {
+    "fmnist-mini": dict(
+        arch="resnet-mini", dataset="fashion-mnist", subset=10000, holdout=500, epochs=4, batch_size=128,
+        lr=0.05, eps_str="0.1", train_steps=2, beta=6.0, seed=0,
+    ),
+}
+
+#: Per-method tweaks of a preset (kept small and documented).
+PRESET_METHOD_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "fmnist-mini": {},
+}
+
+__all__ = ["TrainConfig", "PRESETS", "METHOD_KINDS"]

@@ -1,0 +1,106 @@
+"""The TRADES objective shared by every robust training method, with its K-step PGD inner maximisation.
+
+``loss = CE(f(x), y) + beta * KL(f(x) || f(x + delta))``, where ``delta`` is found by K steps of
+L-inf PGD (random start, step ``step_size``) that maximise the KL term (Zhang et al., 2019).
+
+Two decisions, and why:
+
+* **Eval mode for the attack, train mode for the loss.** The perturbation is generated with batch norm
+  using its running statistics (``model.eval()``): the attack then targets the function the model
+  actually computes at test time, it does not depend on the composition of the batch, and it does not
+  pollute the running statistics with adversarial-search iterates. The loss is then computed in train
+  mode, as in ordinary training. The mode the caller had is restored afterwards.
+* **Input-only gradients during the attack.** Each PGD step calls ``torch.autograd.grad(loss, x_adv)``,
+  so autograd computes only the input gradient; no parameter gradients are formed or accumulated.
+  The paper's public code calls ``loss.backward()`` inside its attack loop, which also computes every
+  weight gradient at each step (about a third of the step's cost, then thrown away).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TradesLoss:
+    """The parts of one TRADES evaluation (``total`` carries autograd history; the rest are floats)."""
+
+    total: Tensor
+    natural: float
+    robust: float
+    correct: int
+
+
+def _kl(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
+    """Batch-mean ``KL(p_clean || softmax(logits_adv))``; ``p_clean`` ``[B, K]`` probabilities."""
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), p_clean, reduction="batchmean")
+
+
+def pgd_kl(model: nn.Module, x: Tensor, eps: float, steps: int, step_size: float,
+           generator: torch.Generator | None = None) -> Tensor:
+    """TRADES' inner maximisation: ``x_adv`` ``[B, C, H, W]`` in the L-inf ``eps``-ball around ``x`` and
+    in [0, 1], maximising ``KL(f(x) || f(x_adv))``. Runs ``model`` in eval mode; input gradients only.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+        x_adv = (x + (2 * noise - 1) * eps).clamp_(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = _kl(model(x_adv), p_clean)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv + step_size * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+        return x_adv.detach()
+    finally:
+        model.train(was_training)
+
+
+def trades_loss(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, beta: float) -> TradesLoss:
+    """TRADES loss on clean ``x`` ``[B, C, H, W]``, labels ``y`` ``[B]`` and the adversarial ``x_adv``.
+
+    ``model`` is called in whatever mode it is in (train mode during training) with two separate
+    forwards, so the clean and adversarial batches keep their own batch-norm statistics.
+    """
+    logits = model(x)
+    logits_adv = model(x_adv)
+    natural = F.cross_entropy(logits, y)
+    robust = _kl(logits_adv, F.softmax(logits, dim=1))
+    total = natural + beta * robust
+    correct = int((logits.detach().argmax(1) == y).sum())
+    return TradesLoss(total, float(natural.detach()), float(robust.detach()), correct)
+
+
+def pgd_ce(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step_size: float | None = None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Cross-entropy L-inf PGD (random start) used to monitor robust accuracy during training.
+
+    ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]`` -> ``x_adv`` of the same shape. Runs in eval mode;
+    input gradients only. ``step_size`` defaults to ``2.5 * eps / steps``.
+    """
+    step = 2.5 * eps / steps if step_size is None else step_size
+    was_training = model.training
+    model.eval()
+    try:
+        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+        x_adv = (x + (2 * noise - 1) * eps).clamp_(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv + step * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+        return x_adv.detach()
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["TradesLoss", "pgd_kl", "trades_loss", "pgd_ce"]
