@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "evaluate_cmd",
     "leaderboard_cmd",
     "zoo_cmd",
+    "train_cmd",
 ]
 
 for _name in COMMAND_MODULES:
