@@ -184,12 +184,19 @@ def _locked_registry(zoo: Zoo) -> Iterator[dict[str, ZooModel]]:
 
     path = zoo.registry_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # a new zoo: create an empty registry, losing no race against another creator
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(_registry_bytes({}))
-    except FileExistsError:
-        pass
+    if not path.exists():
+        # A new zoo: put a complete empty registry in place without overwriting one another process
+        # created meanwhile (os.link fails if the name exists; readers never see a partial file).
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_registry_bytes({}))
+            os.chmod(tmp, 0o644)
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
     while True:
         f = open(path, "rb")
         try:
