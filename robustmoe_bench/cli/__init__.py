@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "leaderboard_cmd",
     "zoo_cmd",
     "train_cmd",
+    "pipeline_cmd",
 ]
 
 for _name in COMMAND_MODULES:
