@@ -8,6 +8,7 @@ the results (``flags``) and makes them ``unreliable``; it never changes or hides
   a model "robust").
 * ``square_vs_whitebox``: gradient-free Square must not beat the white-box attacks by more than 1
   percentage point on the same examples (if it does, the gradients mislead the white-box attacks).
+  Measured as what Square breaks beyond the white-box attacks (see :func:`square_vs_whitebox`).
 * ``zero_gradients``: share of examples whose cross-entropy input gradient is exactly zero everywhere.
   A differentiable classifier has an all-zero gradient only where its loss is flat (a saturated
   softmax, a piecewise-constant component): a gradient attack then cannot start there. Well-behaved
@@ -81,18 +82,30 @@ def eps_increase(model: torch.nn.Module, x: Tensor, y: Tensor, *, eps: float, no
 
 def square_vs_whitebox(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_robust: Tensor, *, eps: float,
                        norm: str, seed: int, factory: Callable[..., Any]) -> Check:
-    """Square alone on ``x`` vs ``whitebox_robust`` ``[B]`` bool (robust under every white-box attack of
-    the suite). Passes if Square's accuracy is not more than 1 pp below the white-box accuracy."""
-    sq = _run(factory, "square", eps, norm, derive_seed(seed, 2), model, x, y)
-    sq_acc = _pct(int(sq.sum()), len(y))
-    wb_acc = _pct(int(whitebox_robust.sum()), len(y))
-    only_square = int((~sq & whitebox_robust.to(sq.device)).sum())
-    passed = sq_acc >= wb_acc - SQUARE_MARGIN_PP
+    """Does gradient-free Square beat the white-box attacks? ``whitebox_robust`` ``[B]`` bool: robust
+    under every white-box attack of the suite.
+
+    The rule is "Square's accuracy is not more than 1 pp below the white-box accuracy". Square runs
+    only on the examples the white-box attacks left robust, and the check fails if it breaks more than
+    1 pp of ``x`` there. That excess bounds the gap from above (Square alone can be below white-box by
+    at most what it breaks beyond white-box), so the check is never laxer than the rule, and it saves
+    running 5000 queries on examples that are already broken.
+    """
+    survivors = whitebox_robust.to(x.device)
+    idx = survivors.nonzero().flatten()
+    still = torch.zeros_like(survivors)
+    if idx.numel():
+        still[idx] = _run(factory, "square", eps, norm, derive_seed(seed, 2), model, x[idx], y[idx])
+    only_square = int((survivors & ~still).sum())
+    wb_acc = _pct(int(survivors.sum()), len(y))
+    excess = _pct(only_square, len(y))
+    passed = excess <= SQUARE_MARGIN_PP
     return {
         "passed": passed,
-        "evidence": f"Square {sq_acc:.1f}% vs best white-box {wb_acc:.1f}% on {len(y)} examples "
-                    f"({only_square} broken by Square only; allowed margin {SQUARE_MARGIN_PP:g} pp)",
-        "values": {"square": sq_acc, "whitebox": wb_acc, "broken_by_square_only": only_square, "n": len(y)},
+        "evidence": f"Square broke {only_square} of the {int(survivors.sum())} examples the white-box attacks left "
+                    f"robust ({excess:.1f} pp of {len(y)}; white-box accuracy {wb_acc:.1f}%; allowed {SQUARE_MARGIN_PP:g} pp)",
+        "values": {"whitebox": wb_acc, "square_excess_pp": excess, "broken_by_square_only": only_square,
+                   "n": len(y)},
     }
 
 
