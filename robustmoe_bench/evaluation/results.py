@@ -7,7 +7,9 @@ a run and its resumed or distributed twin serialise to the same text).
 Time-valued keys -- the top-level ``seconds`` and each attack entry's ``seconds`` -- are the only
 values that may differ between two runs with the same settings (a resumed run measures only what it
 recomputed). :data:`TIME_KEYS` names them and :meth:`EvalResult.deterministic_dict` drops them: that is
-the part the resume and distributed guarantees are about.
+the part the resume and distributed guarantees are about. ``seconds`` is compute time: the sum over
+every batch (on every rank) of the cascade's time, plus the checks and the FLOP count; for a
+one-process run without resume it is the wall time less loading.
 """
 from __future__ import annotations
 
