@@ -1,6 +1,7 @@
 """``train``: train a model with one of the registered methods (thin: parse, call the library, print)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -73,7 +74,7 @@ def train_cmd(
             cfg = TrainConfig.from_dict({**given, **runtime})
         target = out
     result = train(cfg, target, progress=not quiet, resume=resume is not None)
-    if not quiet:
+    if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         console.print(
             f"[bold]done[/]: {result.ckpt}  clean {result.final_clean_acc:.1f}%  "
             f"PGD-10 {result.final_pgd10_acc:.1f}%  ({result.seconds:.0f}s over {result.epochs} epochs)",

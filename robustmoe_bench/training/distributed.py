@@ -99,7 +99,7 @@ def state_digest(net: nn.Module) -> bytes:
     h = hashlib.sha256()
     for k, v in sorted(net.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        h.update(v.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.digest()
 
 

@@ -263,10 +263,12 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
                                   weight_decay=cfg.weight_decay)
             if in_phase > 0 and momentum:
                 _load_momentum(opt, momentum)
-            fwd = D.wrap(net, dctx, find_unused=net.spec.is_moe)
+            # Every trainable parameter gets a gradient each step, MoE included: an MoE conv's experts
+            # are slices of one weight tensor and the routers get straight-through gradients.
+            fwd = D.wrap(net, dctx, find_unused=False)
             cur_phase = ph
         assert opt is not None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.manual_seed(_seed(cfg.seed, epoch, _STREAM_GLOBAL, dctx.rank))
         sctx = StepContext(net, fwd, opt, cfg, torch.Generator().manual_seed(
             _seed(cfg.seed, epoch, _STREAM_ATTACK, dctx.rank)), distributed=dctx.active)
@@ -298,6 +300,8 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             **{k if k == "loss" else f"{k}_loss": v / max(1, seen) for k, v in sums.items()},
             "train_acc": 100.0 * correct / max(1, seen), "clean_acc": clean, "pgd10_acc": robust,
             "holdout": int(data.hold_y.numel()), "seconds": round(time.perf_counter() - t0, 3),
+            # CPU time of this process: on a shared machine, the better measure of the work done
+            "cpu_seconds": round(time.process_time() - c0, 3),
         }
         if dctx.active:
             row["world_size"] = dctx.world_size
