@@ -188,7 +188,9 @@ class _Bar:
                           TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"), TimeElapsedColumn(),
                           console=self.console, transient=True)
         self.p.start()
-        self.t = self.p.add_task(label, total=total, loss="-", acc="-")
+        from rich.markup import escape
+
+        self.t = self.p.add_task(escape(label), total=total, loss="-", acc="-")
 
     def update(self, loss: float, acc: float) -> None:
         if self.enabled:
@@ -197,7 +199,7 @@ class _Bar:
     def stop(self, summary: str) -> None:
         if self.enabled:
             self.p.stop()
-            self.console.print(summary, highlight=False)
+            self.console.print(summary, highlight=False, markup=False)
 
 
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False) -> TrainResult:
