@@ -36,6 +36,7 @@ from .routing import (
     groups_of,
     pair_groups,
     scatter_slices,
+    take_rows,
 )
 
 ROLES = ("dense", "moe", "follow")
@@ -246,18 +247,20 @@ class RoutedConv2d(nn.Module):
             parts = []
             if e_in is None:
                 for eo, idx in groups_of(e_out, n):
-                    parts.append((idx, self._conv(r.x.index_select(0, idx), w[eo * wo:(eo + 1) * wo])))
+                    parts.append((idx, self._conv(take_rows(r.x, idx), w[eo * wo:(eo + 1) * wo])))
             elif e_out is None:
                 for ei, idx in groups_of(e_in, r.groups):
-                    parts.append((idx, self._conv(r.x.index_select(0, idx), w[:, ei * wi:(ei + 1) * wi])))
+                    parts.append((idx, self._conv(take_rows(r.x, idx), w[:, ei * wi:(ei + 1) * wi])))
             else:
                 if r.groups != n:
                     raise RuntimeError("input and output expert counts differ")
                 for ei, eo, idx in pair_groups(e_in, e_out, n):
                     wb = w[eo * wo:(eo + 1) * wo, ei * wi:(ei + 1) * wi]
-                    parts.append((idx, self._conv(r.x.index_select(0, idx), wb)))
+                    parts.append((idx, self._conv(take_rows(r.x, idx), wb)))
             y = assemble(parts, r.x.shape[0])
-        if gate is not None:
+        # The straight-through gate is 1 in value; it only matters for its gradient, so skip the full
+        # pass over the output when no gradient can flow (inference).
+        if gate is not None and gate.requires_grad:
             y = y * gate.view(-1, 1, 1, 1)
         if self.channel_mask is not None:
             y = self.channel_mask(y)
@@ -279,11 +282,21 @@ class RoutedBatchNorm2d(nn.BatchNorm2d):
                                          use_batch, self.momentum, self.eps))
         if r.ctx.execution == "sparse":
             w = r.width
+            if not use_batch and not torch.jit.is_tracing():
+                # Running statistics: batch norm is a per-channel affine map, so apply each input's
+                # slice of it in one fused pass instead of grouping (gathers and scatters) the batch.
+                # (A traced forward, e.g. fvcore FLOP counting, keeps F.batch_norm so BN is counted.)
+                scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+                shift = self.bias - self.running_mean * scale
+                shape = (r.x.shape[0], w) + (1,) * (r.x.dim() - 2)
+                s = scale.view(r.groups, w).index_select(0, r.expert).view(shape)
+                t = shift.view(r.groups, w).index_select(0, r.expert).view(shape)
+                return r.with_x(torch.addcmul(t, r.x, s))
             parts = []
             for e, idx in groups_of(r.expert, r.groups):
                 sl = slice(e * w, (e + 1) * w)
                 parts.append((idx, F.batch_norm(
-                    r.x.index_select(0, idx), self.running_mean[sl], self.running_var[sl],
+                    take_rows(r.x, idx), self.running_mean[sl], self.running_var[sl],
                     self.weight[sl], self.bias[sl], use_batch, self.momentum, self.eps)))
             return r.with_x(assemble(parts, r.x.shape[0]))
         # masked reference: statistics over the inputs whose slice holds the channel
@@ -317,7 +330,7 @@ class RoutedLinear(nn.Linear):
             return F.linear(r.x, self.weight, self.bias)
         w = self.in_features // r.groups
         parts = [
-            (idx, F.linear(r.x.index_select(0, idx), self.weight[:, e * w:(e + 1) * w], self.bias))
+            (idx, F.linear(take_rows(r.x, idx), self.weight[:, e * w:(e + 1) * w], self.bias))
             for e, idx in groups_of(r.expert, r.groups)
         ]
         return assemble(parts, r.x.shape[0])
@@ -335,7 +348,7 @@ def routed_add(main: Routed, shortcut: Routed) -> Routed:
     if shortcut.expert is None:
         return main.with_x(main.x + gather_slices(shortcut.x, main.expert, main.groups))
     same = (shortcut.expert == main.expert).to(main.x.dtype)
-    return main.with_x(main.x + shortcut.x * same.view(-1, *([1] * (main.x.dim() - 1))))
+    return main.with_x(torch.addcmul(main.x, shortcut.x, same.view(-1, *([1] * (main.x.dim() - 1)))))
 
 
 def routed_cat(parts: list[Routed]) -> Routed:

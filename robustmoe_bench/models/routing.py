@@ -119,16 +119,31 @@ def pair_groups(e_in: Tensor, e_out: Tensor, groups: int) -> list[tuple[int, int
 
 
 def assemble(parts: list[tuple[Tensor, Tensor]], batch: int) -> Tensor:
-    """Put per-group results ``(indices, values)`` back in batch order (differentiable)."""
+    """Put per-group results ``(indices, values)`` back in batch order (differentiable).
+
+    Writes every group straight into one preallocated tensor (one copy of the output, instead of a
+    concatenation followed by a permuting gather: two copies). The groups partition the batch, so
+    every row is written exactly once.
+    """
     if len(parts) == 1 and parts[0][0].numel() == batch:
         idx, val = parts[0]
         if bool((idx == torch.arange(batch, device=idx.device)).all()):
             return val
-    idx = torch.cat([p[0] for p in parts])
-    val = torch.cat([p[1] for p in parts])
-    inv = torch.empty_like(idx)
-    inv[idx] = torch.arange(batch, device=idx.device)
-    return val.index_select(0, inv)
+    first = parts[0][1]
+    out = first.new_empty((batch,) + tuple(first.shape[1:]))
+    for idx, val in parts:
+        out.index_copy_(0, idx, val)
+    return out
+
+
+def take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` along the batch, without a copy when ``idx`` is a whole-batch group of :func:`groups_of`.
+
+    A group from :func:`groups_of` lists its batch indices in ascending order (stable sort), so a group
+    holding all ``B`` inputs is exactly ``arange(B)``: the rows are ``x`` itself.
+    """
+    # advanced indexing: a parallel row copy, 2-3x faster than index_select(0, ...) on CPU
+    return x if idx.numel() == x.shape[0] else x[idx]
 
 
 def scatter_slices(x: Tensor, expert: Tensor, groups: int) -> Tensor:
