@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "zoo_cmd",
     "train_cmd",
     "pipeline_cmd",
+    "flops_cmd", "compare_cmd",
 ]
 
 for _name in COMMAND_MODULES:
