@@ -1,0 +1,125 @@
+"""compare: one table over synthetic evaluation results; CLI errors; flops CLI; plot helpers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robustmoe_bench.analysis.compare import ResultsFileError, compare_results
+from robustmoe_bench.analysis.plots import check_png, new_figure, save_figure
+from robustmoe_bench.cli import run
+
+
+def result(kind: str, clean: float, robust: dict[str, float], gflops: float | None, method: str,
+           arch: str = "resnet18", dataset: str = "cifar10", experts: int = 2, scale: float = 0.5) -> dict:
+    return {
+        "schema_version": 1, "suite": "full", "dataset": dataset, "threat_model": "Linf", "eps": 8 / 255,
+        "eps_str": "8/255", "n_examples": 100, "seed": 0, "clean_acc": clean, "robust_acc": robust,
+        "attacks": [], "routing": {}, "router_robustness": None, "flags": {}, "unreliable": False,
+        "gflops": None if gflops is None else {"pathway": gflops, "router": 0.0, "total": gflops},
+        "seconds": 1.0,
+        "model": {"arch": arch, "kind": kind, "experts": experts, "scale": scale, "router": "layer",
+                  "dataset": dataset, "num_classes": 10, "input_shape": [3, 32, 32]},
+        "training": {"method": method}, "checkpoint": "x.safetensors", "package_version": "0.1.0",
+    }
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> list[Path]:
+    specs = {
+        "dense_at": result("dense", 84.0, {"pgd-50": 52.0, "autoattack": 48.5, "worst_case": 48.25}, 0.5567,
+                           "at-dense"),
+        "moe_advmoe": result("moe", 82.125, {"pgd-50": 51.5, "worst_case": 50.0}, 0.1505, "advmoe"),
+        "sdense_mini": result("sdense", 70.0, {"square": 60.0, "worst_case": 59.0}, 0.01, "at-sdense",
+                              arch="resnet-mini", dataset="fashion-mnist"),
+    }
+    paths = []
+    for name, d in specs.items():
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    return paths
+
+
+EXPECTED_MD = """\
+| model | arch | dataset | method | kind | clean | pgd-50 | autoattack | square | worst case | GFLOPs | saving vs Dense |
+| :--- | :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| dense_at | resnet18 | cifar10 | at-dense | dense | 84.00 | 52.00 | 48.50 | - | 48.25 | 0.5567 | 0.0% |
+| moe_advmoe | resnet18 | cifar10 | advmoe | moe N=2 r=0.5 layer | 82.12 | 51.50 | - | - | 50.00 | 0.1505 | 73.0% |
+| sdense_mini | resnet-mini | fashion-mnist | at-sdense | sdense r=0.5 | 70.00 | - | - | 60.00 | 59.00 | 0.01 | - |
+"""
+
+
+def test_markdown_exact(files: list[Path]) -> None:
+    table = compare_results(files)
+    assert table.attacks == ["pgd-50", "autoattack", "square"]
+    assert table.rows[1].saving == pytest.approx(1 - 0.1505 / 0.5567)
+    assert table.to_markdown() == EXPECTED_MD
+
+
+def test_cli_writes_markdown(files: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    assert run(["compare", *map(str, files), "--markdown", str(out)]) == 0
+    assert out.read_text() == EXPECTED_MD
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not a JSON results file"),
+    (json.dumps({"link": "x", "name": "leaderboard entry"}), "not a robustmoe-bench evaluation results file"),
+    (json.dumps({**result("dense", 1, {"worst_case": 1}, 1, "std"), "schema_version": 7}), "schema_version 7"),
+    (json.dumps({**result("dense", 1, {"pgd-50": 1}, 1, "std")}), "worst_case"),
+    (json.dumps({**result("dense", "high", {"worst_case": 1}, 1, "std")}), "'clean_acc' must be a number"),
+])
+def test_bad_files_name_the_file(tmp_path: Path, files: list[Path], content: str, match: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(ResultsFileError, match=match) as e:
+        compare_results([files[0], bad])
+    assert str(bad) in str(e.value)
+    md = tmp_path / "never.md"
+    assert run(["compare", str(files[0]), str(bad), "--markdown", str(md)]) == 2
+    assert not md.exists()  # no half-written output
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ResultsFileError, match="no such results file"):
+        compare_results([tmp_path / "nope.json"])
+
+
+def test_flops_cli_json_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["flops", "--arch", "resnet-tiny", "--kind", "sdense", "--dataset", "cifar10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # resnet-tiny S-Dense (widths 4-4-8) at 32x32: hand count as in test_flops, H = 32
+    h1, h2 = 32, 16
+    conv = (4 * 3 * 9 * h1 * h1 + 4 * 4 * 9 * h1 * h1 * 2 + 8 * 4 * 9 * h2 * h2 + 8 * 8 * 9 * h2 * h2
+            + 8 * 4 * h2 * h2)
+    bn = 2 * (4 * h1 * h1 * 3 + 8 * h2 * h2 * 3)
+    assert out["gflops_total"] == pytest.approx((conv + bn + 8 * h2 * h2 + 80) / 1e9, rel=1e-12)
+    assert out["gflops_router"] == 0.0 and out["gflops_pathway"] == out["gflops_total"]
+    assert run(["flops"]) == 2
+    assert "give a checkpoint, or --arch" in capsys.readouterr().err
+    assert run(["flops", "--arch", "resnet-tiny", "--kind", "bogus"]) == 2
+    assert "unknown model kind 'bogus'" in capsys.readouterr().err
+
+
+def test_flops_cli_checkpoint_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustmoe_bench.checkpoint import save_checkpoint
+    from robustmoe_bench.models import create_model
+
+    ck = tmp_path / "m.safetensors"
+    save_checkpoint(ck, create_model("resnet-tiny", kind="moe", dataset="cifar10"), training={"method": "std"})
+    assert run(["flops", str(ck), "--data-root", str(tmp_path / "no-data")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_plots_atomic_png(tmp_path: Path) -> None:
+    fig, ax = new_figure("Robust accuracy", "epsilon", "accuracy (%)")
+    ax.plot([0, 1], [80, 40], label="MoE")
+    ax.legend()
+    assert ax.get_title() == "Robust accuracy" and ax.get_xlabel() == "epsilon"
+    path = save_figure(fig, tmp_path / "sub" / "f.png")
+    w, h = check_png(path)
+    assert (w, h) == (960, 630)  # 6.4 x 4.2 inches at 150 dpi
+    assert [p.name for p in path.parent.iterdir()] == ["f.png"]  # no temp file left
