@@ -104,7 +104,6 @@ def _train_or_fetch(cfg: PipelineConfig, method: str, out: Path, console: Consol
 
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> PipelineResult:
     """Run the main job into ``cfg.out``; see the module docstring."""
-    from .analysis.compare import compare_results
     from .analysis.dissect import dissect, plot_dissection
     from .analysis.iou import iou_analysis, plot_iou
     from .data import as_tensors, get_dataset_info, load_dataset, subset_indices
@@ -181,6 +180,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     res.leaderboard_pages = [str(p) for p in pages]
 
     # 5. comparison table (the paper's Table 1 layout)
+    from .analysis.compare import compare_results
+
     table = compare_results(list(res.results.values()))
     md = out / "comparison.md"
     atomic_write_bytes(md, table.to_markdown().encode())
