@@ -42,6 +42,8 @@ TARGETS = (  # (name, numerator, denominator, bound)
     ("MoE N=4 r=0.25 / naive", "moe-4", "moe-4-naive", 0.35),
 )
 
+NOTE = ('Note: a load average above the CPU count means other processes competed for the cores (this machine is shared); multi-threaded kernels then stall at thread barriers, which penalises models that launch more, smaller kernels (the sparse MoE dispatch runs up to N^2 convolutions per MoE layer). Compare targets on an idle machine; the 1-thread table is the least sensitive to load.')
+
 
 @torch.no_grad()
 def balance_routers(model: RoutedNet, x: Tensor, seed: int = 0) -> None:
@@ -227,6 +229,8 @@ def render(a: argparse.Namespace, sections: list[str], shares: dict) -> str:
         "",
         f"Command: `python benchmarks/moe_latency.py --batch {a.batch} --rounds {a.rounds} "
         f"--warmup {a.warmup} --threads {a.threads}`",
+        "",
+        NOTE,
         "",
     ]
     return "\n".join(lines + sections)
