@@ -4,11 +4,11 @@ from .builder import KINDS, ROUTERS, LayerKind
 from .factory import ModelSpec, RoutedNet, build_model, create_model, list_models
 from .layers import ChannelMask, GateRouter, RoutedBatchNorm2d, RoutedConv2d, RoutedLinear, SharedRouter
 from .routing import LayerRecord, Routed, RoutingContext
-from .trace import RoutingTrace, execution, force_routing, routing_trace, soft_routing
+from .trace import RoutingTrace, execution, force_routing, routing_trace
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "ROUTERS", "LayerKind", "ModelSpec", "RoutedNet", "build_model", "create_model",
     "list_models", "ChannelMask", "GateRouter", "RoutedBatchNorm2d", "RoutedConv2d", "RoutedLinear",
     "SharedRouter", "LayerRecord", "Routed", "RoutingContext", "RoutingTrace", "execution", "force_routing",
-    "routing_trace", "soft_routing",
+    "routing_trace",
 ]

@@ -90,7 +90,6 @@ class RoutedNet(nn.Module):
         self.execution = "sparse"
         self._trace: list | None = None
         self._forced: dict | None = None
-        self._soft_temperature: float | None = None
         for name, m in self.named_modules():
             if isinstance(m, RoutedConv2d):
                 m.layer_name = name
@@ -114,7 +113,7 @@ class RoutedNet(nn.Module):
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}")
         xn = (x - self.mean) / self.std
-        ctx = RoutingContext(self.execution, None, None, self._forced, self._soft_temperature)
+        ctx = RoutingContext(self.execution, None, None, self._forced)
         if self._trace is not None:
             ctx.trace = []
         if self.router is not None:

@@ -138,16 +138,10 @@ def _select(logits: Tensor, r: Routed, name: str) -> tuple[Tensor, Tensor | None
     else:
         expert = logits.argmax(dim=1)
         onehot = F.one_hot(expert, n).to(logits.dtype)
-        if ctx.soft_temperature is not None:
-            if ctx.execution != "masked":
-                raise RuntimeError("soft routing needs masked execution (every expert computed)")
-            q = torch.softmax(logits / ctx.soft_temperature, dim=1)
-            gate = onehot + q - q.detach()
-        else:
-            p = torch.softmax(logits, dim=1)
-            p_sel = p.gather(1, expert[:, None]).squeeze(1)
-            ste = 1.0 + p_sel - p_sel.detach()
-            gate = ste if ctx.execution == "sparse" else onehot * ste[:, None]
+        p = torch.softmax(logits, dim=1)
+        p_sel = p.gather(1, expert[:, None]).squeeze(1)
+        ste = (p_sel - p_sel.detach()) + 1.0  # exactly 1 in value (p - p = 0), gradient of p
+        gate = ste if ctx.execution == "sparse" else onehot * ste[:, None]
     if ctx.trace is not None:
         ctx.trace.append(LayerRecord(name, expert, logits))
     return expert, gate

@@ -8,13 +8,15 @@ holds such an activation in one of two executions:
   expert ``expert[b]`` only. Layers compute only those channels (the real compute saving).
 * ``masked``  -- ``x`` is full width ``[B, full, H, W]`` with zeros outside the expert's slice. Layers
   compute every expert and mask: the naive implementation (what the paper's public code does), kept as
-  the reference for equivalence tests and for attacks that need every expert's output (soft routing).
+  the reference for equivalence tests and the baseline of the speed benchmarks.
 
 ``expert is None`` means a dense activation (all ``full`` channels active), e.g. after the stem.
 
 The :class:`RoutingContext` travels with the activation through one forward pass and holds what the
 whole model shares: the execution, the shared router's scores, the routing trace being recorded,
-forced expert choices, and the soft-routing temperature of adaptive attacks.
+and forced expert choices (the soft relaxation of adaptive attacks is built from forced pathways in
+:mod:`robustmoe_bench.attacks.adaptive`: a single masked forward cannot carry it, because batch norm
+re-masks and ReLU's kink at zero stop every gradient through the unchosen experts' channels).
 """
 from __future__ import annotations
 
@@ -50,9 +52,6 @@ class RoutingContext:
     # Forced routing: layer name -> [B] expert indices (or one int for every input); the key "*"
     # applies to every MoE layer. Forced choices carry no router gradient.
     forced: dict[str, Tensor | int] | None = None
-    # Soft relaxation for adaptive attacks (masked execution only): hard argmax forward, gradient of
-    # softmax(logits / T) backward.
-    soft_temperature: float | None = None
     _cache: dict = field(default_factory=dict)
 
 

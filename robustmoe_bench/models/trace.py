@@ -2,8 +2,8 @@
 
 ``with routing_trace(model) as trace: model(x)`` records, for every forward inside the block and
 every MoE layer, the expert chosen for each input and the router scores. ``force_routing`` fixes expert
-choices (pathway-forced attacks, targeted analyses); ``soft_routing`` switches the model to masked
-execution with a softmax-with-temperature backward pass (adaptive attacks).
+choices (pathway-forced attacks, targeted analyses, the soft relaxation of adaptive attacks);
+``execution`` switches between sparse and masked execution.
 """
 from __future__ import annotations
 
@@ -82,20 +82,6 @@ def force_routing(model: torch.nn.Module, experts: int | Tensor | dict[str, int 
         yield
     finally:
         net._forced = previous
-
-
-@contextmanager
-def soft_routing(model: torch.nn.Module, temperature: float = 1.0) -> Iterator[None]:
-    """Hard routing forward, gradient of softmax(logits / temperature) backward (masked execution)."""
-    net = _check(model)
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
-    prev = (net.execution, net._soft_temperature)
-    net.execution, net._soft_temperature = "masked", float(temperature)
-    try:
-        yield
-    finally:
-        net.execution, net._soft_temperature = prev
 
 
 @contextmanager
