@@ -36,7 +36,9 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import atomic_write_bytes
+from ..attacks.base import check_in_ball
 from ..errors import ConfigError, ModelError
+from .plots import new_axes, save_figure
 
 SCHEMA_VERSION = 1
 
@@ -118,17 +120,6 @@ def predict_and_route(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor
     with routing_trace(model) as tr:
         logits = model(x)
     return logits.argmax(dim=1), tr.experts(), tr.layer_names
-
-
-def check_in_ball(x: Tensor, x_adv: Tensor, eps: float, norm: str, name: str) -> None:
-    """An attack that leaves the threat model would make every number below meaningless."""
-    if x_adv.shape != x.shape:
-        raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
-    d = (x_adv - x).flatten(1)
-    size = d.abs().amax(dim=1) if norm == "Linf" else d.norm(dim=1)
-    tol = 1e-5 * max(1.0, eps)
-    if float(size.max()) > eps + tol or float(x_adv.min()) < -tol or float(x_adv.max()) > 1 + tol:
-        raise RuntimeError(f"attack {name} returned points outside the {norm} ball of radius {eps} or [0, 1]")
 
 
 def _pct(k: int, n: int) -> float:
@@ -293,7 +284,7 @@ def dissect(
                 t0 = time.perf_counter()
                 x_adv = atk(model, xb, yb).detach()
                 seconds[k] += time.perf_counter() - t0
-                check_in_ball(xb, x_adv, eps, norm, name)
+                check_in_ball(x_adv, xb, eps, norm, name)
                 pred_a, experts_a, _ = predict_and_route(model, x_adv)
                 flags[k]["layer"].append((experts_a != experts).cpu())
                 flags[k]["adv_ok"].append((pred_a == yb).cpu())
@@ -321,37 +312,6 @@ def dissect(
 
 
 # --------------------------------------------------------------------------- figures
-def new_axes(ncols: int = 1, figsize: tuple[float, float] = (7.0, 4.5)):
-    """A figure with ``ncols`` axes side by side (headless backend): ``(fig, ax or [ax, ...])``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=figsize, dpi=110)
-
-
-def save_png(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG atomically and close it: through the shared ``analysis.plots.save_figure``
-    when that module is present, else here (same contract: temporary file, then rename)."""
-    try:
-        from .plots import save_figure
-    except ImportError:
-        save_figure = None
-    if save_figure is not None:
-        save_figure(fig, path)
-        return Path(path)
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
 def plot_dissection(result: DissectResult, path: str | Path, title: str | None = None) -> Path:
     """Stacked bars of the four categories per attack (left) and per-layer routing-change rates (right)."""
     dis = result.dissections()
@@ -387,5 +347,5 @@ def plot_dissection(result: DissectResult, path: str | Path, title: str | None =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_figure(fig, path)
 

@@ -27,7 +27,9 @@ from torch import Tensor
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import ConfigError, ModelError
-from .dissect import AttackFn, check_in_ball, new_axes, predict_and_route, require_moe, resolve_attack, save_png
+from ..attacks.base import check_in_ball
+from .dissect import AttackFn, predict_and_route, require_moe, resolve_attack
+from .plots import new_axes, save_figure
 
 SCHEMA_VERSION = 1
 HIST_BINS = 20
@@ -219,7 +221,7 @@ def iou_analysis(
             xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
             pred, ex, _ = predict_and_route(moe, xb)
             x_adv = atk(moe, xb, yb).detach()
-            check_in_ball(xb, x_adv, eps, norm, name)
+            check_in_ball(x_adv, xb, eps, norm, name)
             pred_a, ex_a, _ = predict_and_route(moe, x_adv)
             e_clean.append(ex.cpu())
             e_adv.append(ex_a.cpu())
@@ -268,7 +270,7 @@ def plot_iou(result: IoUResult, path: str | Path) -> Path:
     ax.set_title(f"Pathway IoU: {result.model.get('arch', '')} MoE (N={result.experts}) vs Sparse mask")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_utilisation(result: IoUResult, path: str | Path) -> Path:
@@ -294,4 +296,4 @@ def plot_utilisation(result: IoUResult, path: str | Path) -> Path:
                  f"max {result.max_entropy_bits:.2f} bits)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_figure(fig, path)

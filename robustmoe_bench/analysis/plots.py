@@ -49,6 +49,19 @@ def new_figure(title: str, xlabel: str, ylabel: str, figsize: tuple[float, float
     return fig, ax
 
 
+def new_axes(ncols: int = 1, figsize: tuple[float, float] | None = None):
+    """A figure with ``ncols`` axes side by side in the package style: ``(fig, ax)`` or ``(fig, [ax, ...])``.
+    Callers set titles and axis labels themselves (every figure needs them)."""
+    with plt.rc_context(STYLE):
+        fig = Figure(figsize=figsize or STYLE["figure.figsize"])
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+        for ax in axes:
+            ax.grid(True, alpha=STYLE["grid.alpha"])
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+    return fig, (axes[0] if ncols == 1 else axes)
+
+
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as a PNG atomically (temp file in the same folder, then ``os.replace``)."""
     path = Path(path)

@@ -349,7 +349,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     """Heatmap of worst-case robust accuracy, experts x scale, annotated; Dense reference on the colorbar."""
     from matplotlib.lines import Line2D
 
-    from .dissect import new_axes, save_png
+    from .plots import new_axes, save_figure
 
     cfg = result.config
     grid = result.grid()
@@ -383,4 +383,4 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     ax.set_title(title)
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8, frameon=False)
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_figure(fig, path)

@@ -206,3 +206,14 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str, tol: float = 1e-6) 
     ok = (size <= eps + tol) & in_range
     fixed = (x + projected).clamp(0, 1)
     return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), x_adv, fixed)
+
+
+def check_in_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str, what: str) -> None:
+    """Refuse an attack output outside the threat model (a bug in the attack would inflate its
+    success); a tolerance of 1e-5 absorbs float rounding."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"{what} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+    if x_adv.numel() and (bool((size > eps * (1 + 1e-5) + 1e-5).any()) or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6):
+        raise RuntimeError(f"{what} returned inputs outside the {norm} ball of radius {eps} or outside [0, 1]")

@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .suites import check_in_ball, derive_seed, has_routing, predict
+from ..attacks.base import check_in_ball
+from .suites import derive_seed, has_routing, predict
 
 EPS_MULTIPLIERS = (1, 2, 4, 8, 16)
 EPS_INCREASE_MAX_ACC = 5.0

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..attacks.base import check_in_ball
 from ..registry import Registry
 from .state import AttackRecord, BatchRecord, mask_to_str
 
@@ -169,17 +170,6 @@ def predict(model: torch.nn.Module, x: Tensor, routed: bool) -> tuple[Tensor, Op
     return logits.argmax(1), tr.experts()
 
 
-def check_in_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str, what: str) -> None:
-    """Refuse an attack output outside the threat model (a bug in the attack would inflate its
-    success); a tolerance of 1e-5 absorbs float rounding."""
-    if x_adv.shape != x.shape:
-        raise RuntimeError(f"{what} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
-    d = (x_adv - x).flatten(1)
-    size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
-    if x_adv.numel() and (bool((size > eps * (1 + 1e-5) + 1e-5).any()) or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6):
-        raise RuntimeError(f"{what} returned inputs outside the {norm} ball of radius {eps} or outside [0, 1]")
-
-
 AttackFactory = Callable[..., Any]
 #: ``on_attack(name)`` is called before each attack (progress display).
 AttackHook = Optional[Callable[[str], None]]
@@ -243,6 +233,6 @@ def run_cascade(
 
 
 __all__ = [
-    "SUITES", "AttackSpec", "PlannedAttack", "Suite", "batch_attack_seed", "check_in_ball", "derive_seed",
+    "SUITES", "AttackSpec", "PlannedAttack", "Suite", "batch_attack_seed", "derive_seed",
     "get_suite", "has_routing", "plan", "predict", "run_cascade",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .config import METHOD_KINDS, PRESETS, TrainConfig
 from .loop import TrainResult, evaluate_holdout, train
 from .methods import METHODS, Method, get_method
-from .trades import pgd_ce, pgd_kl, trades_loss
+from .trades import pgd_kl, trades_loss
 
 __all__ = ["TrainConfig", "TrainResult", "train", "PRESETS", "METHODS", "METHOD_KINDS", "Method", "get_method",
-           "evaluate_holdout", "pgd_kl", "pgd_ce", "trades_loss"]
+           "evaluate_holdout", "pgd_kl", "trades_loss"]

@@ -31,7 +31,6 @@ from . import distributed as D
 from . import outputs as O
 from .config import TrainConfig
 from .methods import Method, StepContext, get_method, set_trainable
-from .trades import pgd_ce
 
 _STREAM_DATA, _STREAM_AUG, _STREAM_ATTACK, _STREAM_EVAL, _STREAM_GLOBAL = range(5)
 
@@ -118,11 +117,13 @@ def _clean_correct(net: RoutedNet, x: Tensor, y: Tensor) -> int:
 
 def evaluate_holdout(net: RoutedNet, x: Tensor, y: Tensor, eps: float, steps: int, seed: int,
                      batch: int = 250) -> tuple[float, float]:
-    """Clean and PGD-``steps`` (cross-entropy, random start, step 2.5*eps/steps) accuracy in percent on
-    ``x`` ``[m, C, H, W]``, ``y`` ``[m]``; an example is robust only if also correct clean."""
+    """Clean and PGD-``steps`` (the evaluation's own PGD: cross-entropy, random start, step
+    2.5*eps/steps) accuracy in percent on ``x`` ``[m, C, H, W]``, ``y`` ``[m]``; an example is robust
+    only if also correct clean."""
+    from ..attacks import create_attack
+
     was = net.training
     net.eval()
-    g = torch.Generator().manual_seed(seed)
     dev = next(net.parameters()).device
     clean = robust = 0
     try:
@@ -131,7 +132,7 @@ def evaluate_holdout(net: RoutedNet, x: Tensor, y: Tensor, eps: float, steps: in
             with torch.no_grad():
                 ok = net(xb).argmax(1) == yb
             clean += int(ok.sum())
-            xa = pgd_ce(net, xb, yb, eps, steps, generator=g)
+            xa = create_attack("pgd", eps, steps=steps, seed=seed + i)(net, xb, yb)
             with torch.no_grad():
                 robust += int((ok & (net(xa).argmax(1) == yb)).sum())
     finally:

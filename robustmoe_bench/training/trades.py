@@ -78,29 +78,4 @@ def trades_loss(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, beta: flo
     return TradesLoss(total, float(natural.detach()), float(robust.detach()), correct)
 
 
-def pgd_ce(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step_size: float | None = None,
-           generator: torch.Generator | None = None) -> Tensor:
-    """Cross-entropy L-inf PGD (random start) used to monitor robust accuracy during training.
-
-    ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]`` -> ``x_adv`` of the same shape. Runs in eval mode;
-    input gradients only. ``step_size`` defaults to ``2.5 * eps / steps``.
-    """
-    step = 2.5 * eps / steps if step_size is None else step_size
-    was_training = model.training
-    model.eval()
-    try:
-        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
-        x_adv = (x + (2 * noise - 1) * eps).clamp_(0, 1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                x_adv = x_adv + step * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-        return x_adv.detach()
-    finally:
-        model.train(was_training)
-
-
-__all__ = ["TradesLoss", "pgd_kl", "trades_loss", "pgd_ce"]
+__all__ = ["TradesLoss", "pgd_kl", "trades_loss"]
