@@ -38,8 +38,8 @@ class PipelineConfig:
     methods: tuple[str, ...] = METHODS
     from_zoo: bool = False
     suite: str = "full"
-    n_examples: int = 200
-    dissect_examples: int = 500
+    n_examples: int = 100
+    dissect_examples: int = 200
     seed: int = 0
     data_root: str | None = None
     leaderboard_root: str | None = None  # None: <out>/leaderboards

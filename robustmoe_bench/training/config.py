@@ -184,11 +184,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         arch="resnet-mini", dataset="fashion-mnist", subset=10000, holdout=500, epochs=4, batch_size=64,
         lr=0.1, eps_str="0.1", train_steps=2, beta=6.0, seed=0,
     ),
+    # a smoke-test setup (seconds): the main job's tests and quick checks of a new installation
+    "fmnist-tiny": dict(
+        arch="resnet-tiny", dataset="fashion-mnist", subset=256, holdout=64, epochs=2, batch_size=64,
+        lr=0.05, eps_str="0.1", train_steps=2, beta=6.0, seed=0,
+    ),
 }
 
 #: Per-method tweaks of a preset (kept small and documented).
 PRESET_METHOD_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "fmnist-mini": {},
+    "fmnist-tiny": {},
 }
 
 __all__ = ["TrainConfig", "PRESETS", "METHOD_KINDS"]
