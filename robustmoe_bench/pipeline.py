@@ -168,6 +168,9 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
 
     # 4. leaderboard
     for method, path in res.results.items():
+        if "autoattack" not in json.loads(Path(path).read_text())["robust_acc"]:
+            console.print(f"[yellow]leaderboard: {method} not published (suite {cfg.suite!r} runs no AutoAttack)[/]")
+            continue
         model_id = f"robustmoe-{ZOO_PREFIX}{method}"
         spec = load_checkpoint(res.checkpoints[method]).spec
         entry_path, _ = publish_results(
@@ -187,7 +190,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     atomic_write_bytes(md, table.to_markdown().encode())
     res.comparison = str(md)
     console.rule("comparison")
-    table.print(console)
+    console.print(table.to_rich())
     atomic_write_bytes(out / "pipeline_result.json", json.dumps(asdict(res), indent=2).encode())
     return res
 

@@ -75,6 +75,17 @@ class CompareTable:
                         MISSING if r.saving is None else f"{100 * r.saving:.1f}%"])
         return out
 
+    def to_rich(self):
+        """The table as a ``rich.table.Table`` for the terminal."""
+        from rich.table import Table
+
+        t = Table(title="Model comparison (accuracy in %, worst case = per-example over every attack run)")
+        for i, h in enumerate(self.headers()):
+            t.add_column(h, justify="left" if i < 5 else "right", style="bold" if i == 0 else None)
+        for row in self.cells():
+            t.add_row(*row)
+        return t
+
     def to_markdown(self) -> str:
         """GitHub Markdown table (text left-aligned, numbers right-aligned), newline-terminated."""
         heads = self.headers()

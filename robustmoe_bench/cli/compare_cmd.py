@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from ..analysis.compare import compare_results
 from ..checkpoint import atomic_write_bytes
@@ -19,12 +18,7 @@ def compare_cmd(
 ) -> None:
     """Compare models: clean and robust accuracy per attack, worst case, GFLOPs and saving vs Dense."""
     table = compare_results(list(results))
-    t = Table(title="Model comparison (accuracy in %, worst case = per-example over every attack run)")
-    for i, h in enumerate(table.headers()):
-        t.add_column(h, justify="left" if i < 5 else "right", style="bold" if i == 0 else None)
-    for row in table.cells():
-        t.add_row(*row)
-    console.print(t)
+    console.print(table.to_rich())
     if markdown is not None:
         atomic_write_bytes(markdown, table.to_markdown().encode("utf-8"))
         console.print(f"wrote {markdown}")

@@ -1,0 +1,76 @@
+"""The main job end to end on tiny real Fashion-MNIST files: five models, evaluation, dissection, IoU,
+leaderboard entries and the comparison table, with the numbers cross-checked between the outputs."""
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robustmoe_bench.cli import run
+from robustmoe_bench.data import load_dataset
+from robustmoe_bench.leaderboard import validate_root
+
+
+def _idx(path: Path, magic: int, arr: np.ndarray) -> None:
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """320 training and 96 test images of the real Fashion-MNIST, written as IDX files."""
+    root = tmp_path_factory.mktemp("fmnist-pipeline")
+    for split, (img, lab), n in (("train", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), 320),
+                                 ("test", ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), 96)):
+        ds = load_dataset("fashion-mnist", split)
+        _idx(root / f"{img}.gz", 2051, ds.images[:n, 0].numpy())
+        _idx(root / f"{lab}.gz", 2049, ds.labels[:n].numpy())
+    return root
+
+
+def test_main_job_end_to_end_and_resume(tiny_root, tmp_path, capsys):
+    out = tmp_path / "job"
+    args = ["pipeline", "--out", str(out), "--preset", "fmnist-tiny", "--suite", "standard", "--n-examples", "32",
+            "--dissect-examples", "32", "--data-root", str(tiny_root)]
+    assert run(args) == 0
+    methods = ["at-dense", "at-sdense", "at-sparse", "at-moe", "advmoe"]
+    res = json.loads((out / "pipeline_result.json").read_text())
+    assert sorted(res["checkpoints"]) == sorted(methods)
+    # at-sparse pruned the at-dense model instead of pretraining its own
+    sparse_cfg = json.loads((out / "models" / "at-sparse" / "config.json").read_text())
+    assert sparse_cfg["from_dense"] == res["checkpoints"]["at-dense"]
+    results = {m: json.loads((out / "results" / f"{m}.json").read_text()) for m in methods}
+    for m, r in results.items():
+        assert r["n_examples"] == 32 and r["suite"] == "standard" and r["training"]["method"] == m
+        assert r["robust_acc"]["worst_case"] <= r["robust_acc"]["pgd-50"] <= r["clean_acc"]
+    # MoE models are dissected (categories sum to N, the model's robustness is the evaluated worst case
+    # under the same attack family) and compared with the Sparse mask
+    for m in ("at-moe", "advmoe"):
+        d = json.loads((out / "dissect" / m / "dissect.json").read_text())
+        assert sum(d["attack"]["counts"].values()) == 32 and d["attack"]["n"] == 32
+        assert d["router_attack"] is not None  # --routers: the router-targeted dissection too
+        assert (out / "dissect" / m / "dissect.png").stat().st_size > 1000
+        iou = json.loads((out / "iou" / m / "iou.json").read_text())
+        assert len(iou["clean"]) == 32 and all(0.0 <= v <= 1.0 for v in iou["clean"] + iou["adversarial"])
+    assert not (out / "dissect" / "at-dense").exists()
+    # leaderboard entries carry the evaluated numbers, validate, and the pages are built
+    board = out / "leaderboards"
+    n_entries, problems = validate_root(board)
+    assert problems == [] and n_entries == 5
+    for m in methods:
+        entry = json.loads((board / "fashion-mnist" / "Linf" / f"robustmoe-fmnist-{m}.json").read_text())
+        assert entry["clean_acc"] == f"{results[m]['clean_acc']:.2f}"
+        assert entry["eps"] == "0.1" and entry["dataset"] == "fashion-mnist"
+    assert (board / "README.md").exists()
+    table = (out / "comparison.md").read_text()
+    assert all(m in table for m in methods)
+    # a second run reuses everything: no retraining (checkpoint files untouched)
+    mtimes = {m: Path(p).stat().st_mtime_ns for m, p in res["checkpoints"].items()}
+    capsys.readouterr()
+    assert run(args) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert {m: Path(p).stat().st_mtime_ns for m, p in res["checkpoints"].items()} == mtimes
