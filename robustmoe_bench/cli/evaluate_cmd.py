@@ -12,7 +12,8 @@ from .app import app, console
 
 
 def results_table(res: EvalResult) -> Table:
-    """attack | robust acc | routing change | seconds, the worst case in bold, then the flags."""
+    """attack | robust acc | routing change | attacked | seconds, the worst case in bold (flags: see
+    :func:`flag_lines`)."""
     t = Table(title=f"{res.suite} suite on {res.dataset} ({res.threat_model}, eps={res.eps_str}, n={res.n_examples})")
     t.add_column("attack", style="bold")
     t.add_column("robust acc %", justify="right")
@@ -26,12 +27,14 @@ def results_table(res: EvalResult) -> Table:
             continue
         change = "" if a.routing_change is None else f"{a.routing_change:.2f}"
         t.add_row(a.name, f"{a.robust_acc:.2f}", change, str(a.n_attacked), f"{a.seconds:.1f}")
-    t.add_row("[bold]worst case[/]", f"[bold]{res.worst_case:.2f}[/]", "", "", f"{res.seconds:.1f}", end_section=True)
-    for name, f in res.flags.items():
-        mark = "[green]✓[/]" if f["passed"] else "[bold red]✗[/]"
-        t.add_row(f"{mark} {name}", "", "", "", "")
-        t.add_row("", f"[dim]{f['evidence']}[/]", "", "", "")
+    t.add_row("[bold]worst case[/]", f"[bold]{res.worst_case:.2f}[/]", "", "", f"{res.seconds:.1f}")
     return t
+
+
+def flag_lines(res: EvalResult) -> list[str]:
+    """One line per gradient-masking check: ✓/✗, its name and its evidence (rich markup)."""
+    return [f"{'[green]✓[/]' if f['passed'] else '[bold red]✗[/]'} [bold]{name}[/]: {f['evidence']}"
+            for name, f in res.flags.items()]
 
 
 @app.command("evaluate")
@@ -59,6 +62,8 @@ def evaluate_cmd(
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 reports
     console.print(results_table(res))
+    for line in flag_lines(res):
+        console.print(line, highlight=False)
     if res.unreliable:
         console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
     if out is not None:
