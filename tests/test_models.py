@@ -110,6 +110,64 @@ def test_other_backbones_sparse_equals_masked(arch):
         assert (gs - gm).abs().max().item() <= 1e-5
 
 
+@torch.no_grad()
+def _random_bn(model, seed=0):
+    """Non-trivial eval-mode batch norms (running statistics and affine parameters), so a fold is tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
+            m.weight.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
+            m.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["resnet-tiny", "vgg-mini"])
+@pytest.mark.parametrize("kind", ["dense", "sdense", "sparse", "moe-layer", "moe-shared"])
+def test_eval_batch_norm_folding_is_exact(arch, kind):
+    """Eval mode folds BN into the preceding conv (sparse execution); outputs and every gradient (input,
+    parameters, the router's straight-through gate) equal the unfolded model and the masked reference."""
+    torch.manual_seed(0)
+    k, _, router = kind.partition("-")
+    model = create_model(arch, kind=k, experts=2, scale=0.5, router=router or "layer").double()
+    if k == "moe":
+        _diverse(model)
+    if k == "sparse":  # a mask that is not the first channels, so folding must really use it
+        for m in model.modules():
+            if isinstance(m, RoutedConv2d) and m.channel_mask is not None:
+                m.channel_mask.init_from_weight(m.weight)
+    _random_bn(model).eval()
+    refs = {"unfolded": copy.deepcopy(model), "masked": copy.deepcopy(model)}
+    refs["unfolded"].fold_bn = False
+    refs["masked"].execution = "masked"
+    x = _images(7, 4)
+    y = torch.arange(7) % 10
+    runs = {}
+    for name, net in [("folded", model), *refs.items()]:
+        xg = x.clone().requires_grad_(True)
+        out = net(xg)
+        F.cross_entropy(out, y).backward()
+        runs[name] = (out.detach(), xg.grad, [p.grad for p in net.parameters()])
+    out_f, gx_f, gp_f = runs["folded"]
+    assert gx_f.abs().max().item() > 0
+    for name in refs:
+        out_r, gx_r, gp_r = runs[name]
+        assert (out_f - out_r).abs().max().item() <= 1e-9, name
+        assert (gx_f - gx_r).abs().max().item() <= 1e-9, name
+        for a, b in zip(gp_f, gp_r):
+            if a is None or b is None:
+                assert a is None or a.abs().max().item() == 0, name
+                continue
+            assert (a - b).abs().max().item() <= 1e-9, name
+    if k == "moe":
+        assert max(p.grad.abs().max().item() for p in model.router_parameters()) > 0
+    # inference: the same values without any gradient
+    with torch.inference_mode():
+        assert (model(x) - out_f).abs().max().item() <= 1e-9
+
+
 def _moe_widths(model):
     return [m.out_channels for _, m in model.moe_layers()]
 

@@ -114,10 +114,12 @@ def _hydra_scales(model: RoutedNet, x: Tensor) -> dict[str, float]:
 
     kinds = (RoutedConv2d, RoutedBatchNorm2d, RoutedLinear)
     handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules() if isinstance(m, kinds)]
+    fold, model.fold_bn = model.fold_bn, False  # every BN must run as its own module to be seen
     try:
         with torch.no_grad():
             model(x)
     finally:
+        model.fold_bn = fold
         for h in handles:
             h.remove()
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 from .builder import LayerKind
-from .layers import flatten, routed_add, routed_cat
+from .layers import conv_bn, flatten, routed_add, routed_cat
 from .routing import Routed
 
 # name -> factory(L, in_channels, num_classes, stem) -> nn.Module
@@ -38,9 +38,10 @@ class Stem(nn.Module):
         self.bn = L.bn(cout) if (post_act or self.imagenet) else None
 
     def forward(self, r: Routed) -> Routed:
-        r = self.conv(r)
         if self.bn is not None:
-            r = _relu(self.bn(r))
+            r = _relu(conv_bn(self.conv, self.bn, r))
+        else:
+            r = self.conv(r)
         if self.imagenet:
             r = r.apply(lambda x: F.max_pool2d(x, 3, 2, 1))
         return r
@@ -57,9 +58,9 @@ class BasicBlock(nn.Module):
             self.sc_conv, self.sc_bn = L.conv_follow(cin, cout, 1, stride, 0), L.bn(cout)
 
     def forward(self, r: Routed) -> Routed:
-        h = _relu(self.bn1(self.conv1(r)))
-        h = self.bn2(self.conv2(h))
-        s = r if self.sc_conv is None else self.sc_bn(self.sc_conv(r, out_expert=h.expert))
+        h = _relu(conv_bn(self.conv1, self.bn1, r))
+        h = conv_bn(self.conv2, self.bn2, h)
+        s = r if self.sc_conv is None else conv_bn(self.sc_conv, self.sc_bn, r, out_expert=h.expert)
         return _relu(routed_add(h, s))
 
 
@@ -195,7 +196,7 @@ class VGG(nn.Module):
             if step == "M":
                 r = r.apply(lambda x: F.max_pool2d(x, 2))
             else:
-                r = _relu(self.bns[i](self.convs[i](r)))
+                r = _relu(conv_bn(self.convs[i], self.bns[i], r))
                 i += 1
         if self.imagenet:
             r = flatten(r.apply(lambda x: F.adaptive_avg_pool2d(x, 7)))

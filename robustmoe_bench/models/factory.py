@@ -88,6 +88,8 @@ class RoutedNet(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.execution = "sparse"
+        # Eval-mode conv + batch-norm folding in sparse execution (layers.conv_bn); off = BN run separately.
+        self.fold_bn = True
         self._trace: list | None = None
         self._forced: dict | None = None
         for name, m in self.named_modules():
@@ -113,7 +115,7 @@ class RoutedNet(nn.Module):
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}")
         xn = (x - self.mean) / self.std
-        ctx = RoutingContext(self.execution, None, None, self._forced)
+        ctx = RoutingContext(self.execution, None, None, self._forced, self.fold_bn)
         if self._trace is not None:
             ctx.trace = []
         if self.router is not None:

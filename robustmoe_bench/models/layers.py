@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .routing import (
     LayerRecord,
     Routed,
+    RoutingContext,
     assemble,
     channel_mask,
     expand_mask,
@@ -199,8 +200,13 @@ class RoutedConv2d(nn.Module):
     def _conv(self, x: Tensor, w: Tensor) -> Tensor:
         return F.conv2d(x, w, None, self.stride, self.padding)
 
-    def forward(self, r: Routed, out_expert: Tensor | None = None) -> Routed:
-        """``r``: routed ``[B, C_in(, compact), H, W]`` -> routed output ``[B, C_out(, compact), H', W']``."""
+    def forward(self, r: Routed, out_expert: Tensor | None = None, bn: "RoutedBatchNorm2d | None" = None) -> Routed:
+        """``r``: routed ``[B, C_in(, compact), H, W]`` -> routed output ``[B, C_out(, compact), H', W']``.
+
+        ``bn``: the batch norm that follows this conv, applied to the output. When it uses running
+        statistics (eval mode) and the execution is sparse, it is folded into the convolution (see
+        :func:`conv_bn`) instead of run as a separate pass.
+        """
         ctx = r.ctx
         gate = None
         if self.role == "moe":
@@ -218,6 +224,7 @@ class RoutedConv2d(nn.Module):
         else:
             e_out = None
         n = self.experts
+        groups_out = n if e_out is not None else r.groups
 
         if ctx.execution == "masked":
             y = self._conv(r.x, self.weight)
@@ -229,36 +236,74 @@ class RoutedConv2d(nn.Module):
                 y = y * expand_mask(m, y)
             if self.channel_mask is not None:
                 y = self.channel_mask(y)
-            return Routed(y, e_out, self.out_channels, n if e_out is not None else r.groups, ctx)
+            out = Routed(y, e_out, self.out_channels, groups_out, ctx)
+            return out if bn is None else bn(out)
 
+        fold = bn is not None and bn.foldable(ctx) and not (self.channel_mask is not None and self.channel_mask.learning)
         w = self.weight
+        scale = shift = None
+        if fold:
+            assert bn is not None
+            scale, shift = bn.eval_affine()
+            if self.channel_mask is not None:  # BN(mask(conv)) = conv with masked, scaled filters + shift
+                scale = scale * self.channel_mask.current()
+        # The straight-through gate is 1 in value; it only matters for its gradient, so skip the pass
+        # over the output when no gradient can flow (inference). With a folded BN, the gate must
+        # multiply the conv output *before* the shift (as it does before BN), so the shift is added
+        # after the gate instead of as the conv bias.
+        gate_grad = gate is not None and gate.requires_grad
+
+        def block(x: Tensor, eo: int | None, ei: int | None, idx: Tensor | None) -> Tensor:
+            """Convolve ``x`` with the weight block (output slice ``eo``, input slice ``ei``; None = all)."""
+            rows = slice(None) if eo is None else slice(eo * wo, (eo + 1) * wo)
+            wb = w[rows] if ei is None else w[rows, ei * wi:(ei + 1) * wi]
+            if not fold:
+                return self._conv(x, wb)
+            sc, sh = scale[rows], shift[rows]  # type: ignore[index]
+            wb = wb * sc.view(-1, 1, 1, 1)
+            if not gate_grad:
+                return F.conv2d(x, wb, sh, self.stride, self.padding)
+            g = (gate if idx is None else gate[idx]).view(-1, 1, 1, 1)  # type: ignore[index]
+            return torch.addcmul(sh.view(1, -1, 1, 1), self._conv(x, wb), g)
+
         e_in = r.expert
-        wi = self.in_channels // r.groups if e_in is not None else None
-        wo = self.out_channels // n if e_out is not None else None
+        wi = self.in_channels // r.groups if e_in is not None else 0
+        wo = self.out_channels // n if e_out is not None else 0
         if e_in is None and e_out is None:
-            y = self._conv(r.x, w)
+            y = block(r.x, None, None, None)
         else:
             parts = []
             if e_in is None:
                 for eo, idx in groups_of(e_out, n):
-                    parts.append((idx, self._conv(take_rows(r.x, idx), w[eo * wo:(eo + 1) * wo])))
+                    parts.append((idx, block(take_rows(r.x, idx), eo, None, idx)))
             elif e_out is None:
                 for ei, idx in groups_of(e_in, r.groups):
-                    parts.append((idx, self._conv(take_rows(r.x, idx), w[:, ei * wi:(ei + 1) * wi])))
+                    parts.append((idx, block(take_rows(r.x, idx), None, ei, idx)))
             else:
                 if r.groups != n:
                     raise RuntimeError("input and output expert counts differ")
                 for ei, eo, idx in pair_groups(e_in, e_out, n):
-                    wb = w[eo * wo:(eo + 1) * wo, ei * wi:(ei + 1) * wi]
-                    parts.append((idx, self._conv(take_rows(r.x, idx), wb)))
+                    parts.append((idx, block(take_rows(r.x, idx), eo, ei, idx)))
             y = assemble(parts, r.x.shape[0])
-        # The straight-through gate is 1 in value; it only matters for its gradient, so skip the full
-        # pass over the output when no gradient can flow (inference).
-        if gate is not None and gate.requires_grad:
-            y = y * gate.view(-1, 1, 1, 1)
-        if self.channel_mask is not None:
+        if gate_grad and not fold:
+            y = y * gate.view(-1, 1, 1, 1)  # type: ignore[union-attr]
+        if self.channel_mask is not None and not fold:
             y = self.channel_mask(y)
-        return Routed(y, e_out, self.out_channels, n if e_out is not None else r.groups, ctx)
+        out = Routed(y, e_out, self.out_channels, groups_out, ctx)
+        return out if (bn is None or fold) else bn(out)
+
+
+def conv_bn(conv: RoutedConv2d, bn: "RoutedBatchNorm2d", r: Routed, out_expert: Tensor | None = None) -> Routed:
+    """``bn(conv(r))``, with the batch norm folded into the convolution when it uses running statistics.
+
+    In eval mode batch norm is a per-channel affine map ``y * scale + shift``; folding it gives the
+    convolution the weight ``W * scale`` and the bias ``shift`` (for an MoE conv: per expert block), so
+    no separate pass over the activation is made. Same values up to float rounding and the same
+    gradients (input, parameters and the router's straight-through gate). Not folded: training mode
+    (batch statistics), masked execution (the naive reference keeps BN separate, as the paper's code
+    does), ``model.fold_bn = False``, and traced forwards (FLOP counting counts BN separately).
+    """
+    return conv(r, out_expert=out_expert, bn=bn)
 
 
 class RoutedBatchNorm2d(nn.BatchNorm2d):
@@ -266,6 +311,16 @@ class RoutedBatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, num_features: int, momentum: float = 0.1) -> None:
         super().__init__(num_features, momentum=momentum)
+
+    def foldable(self, ctx: "RoutingContext") -> bool:
+        """Whether this BN may be folded into the preceding conv (see :func:`conv_bn`)."""
+        return (ctx.fold_bn and ctx.execution == "sparse" and not self.training
+                and self.running_mean is not None and not torch.jit.is_tracing())
+
+    def eval_affine(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode ``(scale, shift)`` per channel, ``[C]`` each: ``bn(y) = y * scale + shift``."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
 
     def forward(self, r: Routed) -> Routed:  # type: ignore[override]
         if r.full != self.num_features:
@@ -280,8 +335,7 @@ class RoutedBatchNorm2d(nn.BatchNorm2d):
                 # Running statistics: batch norm is a per-channel affine map, so apply each input's
                 # slice of it in one fused pass instead of grouping (gathers and scatters) the batch.
                 # (A traced forward, e.g. fvcore FLOP counting, keeps F.batch_norm so BN is counted.)
-                scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-                shift = self.bias - self.running_mean * scale
+                scale, shift = self.eval_affine()
                 shape = (r.x.shape[0], w) + (1,) * (r.x.dim() - 2)
                 s = scale.view(r.groups, w).index_select(0, r.expert).view(shape)
                 t = shift.view(r.groups, w).index_select(0, r.expert).view(shape)

@@ -52,6 +52,8 @@ class RoutingContext:
     # Forced routing: layer name -> [B] expert indices (or one int for every input); the key "*"
     # applies to every MoE layer. Forced choices carry no router gradient.
     forced: dict[str, Tensor | int] | None = None
+    # Fold eval-mode batch norm into the preceding conv (sparse execution only; see layers.conv_bn).
+    fold_bn: bool = True
     _cache: dict = field(default_factory=dict)
 
 
