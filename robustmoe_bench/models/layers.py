@@ -138,11 +138,10 @@ def _select(logits: Tensor, r: Routed, name: str) -> tuple[Tensor, Tensor | None
         gate = None
     else:
         expert = logits.argmax(dim=1)
-        onehot = F.one_hot(expert, n).to(logits.dtype)
         p = torch.softmax(logits, dim=1)
         p_sel = p.gather(1, expert[:, None]).squeeze(1)
         ste = (p_sel - p_sel.detach()) + 1.0  # exactly 1 in value (p - p = 0), gradient of p
-        gate = ste if ctx.execution == "sparse" else onehot * ste[:, None]
+        gate = ste if ctx.execution == "sparse" else F.one_hot(expert, n).to(logits.dtype) * ste[:, None]
     if ctx.trace is not None:
         ctx.trace.append(LayerRecord(name, expert, logits))
     return expert, gate

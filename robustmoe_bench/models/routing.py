@@ -133,7 +133,7 @@ def assemble(parts: list[tuple[Tensor, Tensor]], batch: int) -> Tensor:
     first = parts[0][1]
     out = first.new_empty((batch,) + tuple(first.shape[1:]))
     for idx, val in parts:
-        out.index_copy_(0, idx, val)
+        out[idx] = val  # index_put: measured faster than index_copy_ on CPU (benchmarks/moe_latency.py)
     return out
 
 
@@ -143,8 +143,8 @@ def take_rows(x: Tensor, idx: Tensor) -> Tensor:
     A group from :func:`groups_of` lists its batch indices in ascending order (stable sort), so a group
     holding all ``B`` inputs is exactly ``arange(B)``: the rows are ``x`` itself.
     """
-    # advanced indexing: a parallel row copy, 2-3x faster than index_select(0, ...) on CPU
-    return x if idx.numel() == x.shape[0] else x[idx]
+    # index_select: measured faster than advanced indexing x[idx] for these row gathers on CPU
+    return x if idx.numel() == x.shape[0] else x.index_select(0, idx)
 
 
 def scatter_slices(x: Tensor, expert: Tensor, groups: int) -> Tensor:
