@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- examples: {d['n_examples']}, eps {d['eps_str']}, batch {args.batch_size}",
         f"- **wall time: {wall:.1f} s** (of which {a['attack']}: {a['seconds']:.1f} s, "
         f"{r['attack']}: {r['seconds']:.1f} s; the rest is loading, traced forwards, plot and JSON)",
-        f"- each attack ran once over the examples; all four categories, per-layer change rates and both "
-        f"accuracies come from that one pass",
+        "- each attack ran once over the examples; all four categories, per-layer change rates and both "
+        "accuracies come from that one pass",
         f"- results: clean {d['clean_acc']:.1f}%, model robustness (①+②) {a['model_robustness']:.1f}%, "
         f"routers' robustness (①+③) {a['router_robustness']:.1f}%, routers alone under the router attack "
         f"{d['routers_alone_robust_acc']:.1f}%",

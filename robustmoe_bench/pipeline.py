@@ -44,6 +44,14 @@ class PipelineConfig:
     data_root: str | None = None
     leaderboard_root: str | None = None  # None: <out>/leaderboards
     batch_size: int = 200
+    workers: int = 0  # worker processes for the jobs; 0 = 2 when torch has >= 2 CPU threads, else 1
+
+    def resolved_workers(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        import torch
+
+        return 2 if torch.get_num_threads() >= 2 else 1
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS + ("std",)]
@@ -51,6 +59,8 @@ class PipelineConfig:
             raise ConfigError(f"unknown method(s) for the main job: {', '.join(unknown)}; known: {', '.join(METHODS)}")
         if self.n_examples < 1 or self.dissect_examples < 1:
             raise ConfigError("example counts must be positive")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = automatic), got {self.workers}")
 
 
 @dataclass
@@ -67,104 +77,198 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _timed(seconds: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
-    t0 = time.perf_counter()
-    out = fn()
-    seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - t0, 1)
-    return out
+# --------------------------------------------------------------------------- jobs
+# Module-level functions (picklable): each runs in the main process (workers=1) or in a worker process.
+# They reuse finished outputs, so re-running the job on the same folder resumes it.
+
+def _say(line: str) -> None:
+    """One plain line on stdout (workers print lines, never live bars: several processes share the terminal)."""
+    print(line, flush=True)
 
 
-def _train_or_fetch(cfg: PipelineConfig, method: str, out: Path, console: Console,
-                    checkpoints: dict[str, str]) -> Path:
-    """The checkpoint of ``method``: from the zoo (checksum verified), a finished run, or a new run."""
-    if cfg.from_zoo:
-        from .zoo import get_zoo_model, verify, weights_path
-
-        m = get_zoo_model(ZOO_PREFIX + method)
-        path = weights_path(m)
-        verify(m, path)
-        console.print(f"[bold]{method}[/]: zoo model {m.name} (sha256 verified)")
-        return path
+def _job_train(cfg: PipelineConfig, method: str, from_dense: str | None, progress: bool) -> dict[str, Any]:
     from .training import TrainConfig, train
 
-    run_dir = out / "models" / method
+    run_dir = Path(cfg.out) / "models" / method
     ckpt = run_dir / "ckpt.pt"
     if ckpt.exists() and (run_dir / "config.json").exists():
-        console.print(f"[bold]{method}[/]: reusing finished run {run_dir}")
-        return ckpt
+        _say(f"{method}: reusing finished run {run_dir}")
+        return {"path": str(ckpt), "reused": True}
     overrides: dict[str, Any] = {"method": method, "seed": cfg.seed, "data_root": cfg.data_root}
-    if method == "at-sparse" and "at-dense" in checkpoints:
-        overrides["from_dense"] = checkpoints["at-dense"]  # Hydra prunes a pretrained Dense model
+    if from_dense is not None:
+        overrides["from_dense"] = from_dense  # Hydra prunes a pretrained Dense model
     tcfg = TrainConfig.from_preset(cfg.preset, **overrides)
-    resume = (run_dir / "config.json").exists()
-    console.rule(f"train {method}")
-    result = train(tcfg, run_dir, progress=True, resume=resume)
-    return result.ckpt
+    result = train(tcfg, run_dir, progress=progress, resume=(run_dir / "config.json").exists())
+    _say(f"{method}: trained, held-out clean {result.final_clean_acc:.1f}% PGD-10 {result.final_pgd10_acc:.1f}%")
+    return {"path": str(result.ckpt), "reused": False}
+
+
+def _job_evaluate(cfg: PipelineConfig, method: str, ckpt: str, progress: bool) -> dict[str, Any]:
+    from .evaluation import evaluate
+
+    path = Path(cfg.out) / "results" / f"{method}.json"
+    if path.exists():
+        _say(f"{method}: reusing {path}")
+        return {"path": str(path), "reused": True}
+    state = Path(str(path) + ".state")  # an interrupted evaluation continues from its state file
+    r = evaluate(ckpt, suite=cfg.suite, n_examples=cfg.n_examples, seed=cfg.seed, data_root=cfg.data_root,
+                 out=path, resume=state.exists(), batch_size=cfg.batch_size, progress=progress)
+    _say(f"{method}: evaluated ({cfg.suite} suite, {r.n_examples} examples): clean {r.clean_acc:.1f}%, "
+         f"worst case {r.robust_acc['worst_case']:.1f}%")
+    return {"path": str(path), "reused": False}
+
+
+def _job_dissect(cfg: PipelineConfig, method: str, ckpt: str, sparse_ckpt: str | None) -> dict[str, Any]:
+    """Dissection (model and router attacks) and, with a Sparse model, the pathway IoU of one MoE model."""
+    from .analysis.dissect import dissect, plot_dissection
+    from .analysis.iou import iou_analysis, plot_iou
+    from .data import as_tensors, load_dataset, subset_indices
+
+    out = Path(cfg.out)
+    model = load_checkpoint(ckpt).model
+    test = load_dataset(model.spec.dataset, "test", root=cfg.data_root)
+    x, y = as_tensors(test, subset_indices(len(test), min(cfg.dissect_examples, len(test)), cfg.seed))
+    res: dict[str, Any] = {"dissect": str(out / "dissect" / method / "dissect.json"), "iou": None}
+    ddir = out / "dissect" / method
+    if not (ddir / "dissect.json").exists():
+        d = dissect(model, x, y, routers=True, seed=cfg.seed)
+        d.save(ddir / "dissect.json")
+        plot_dissection(d, ddir / "dissect.png", title=f"{method}: routers vs. pathways")
+        _say(f"{method}: dissected ({len(y)} examples)")
+    if sparse_ckpt is not None:
+        idir = out / "iou" / method
+        if not (idir / "iou.json").exists():
+            try:
+                r = iou_analysis(load_checkpoint(ckpt).model, load_checkpoint(sparse_ckpt).model, x, y, seed=cfg.seed)
+            except ConfigError as e:  # e.g. N*r != 1: no layer-by-layer match with the mask
+                _say(f"{method}: IoU skipped ({e})")
+                return res
+            r.save(idir / "iou.json")
+            plot_iou(r, idir / "iou.png")
+        res["iou"] = str(idir / "iou.json")
+    return res
+
+
+@dataclass
+class _Job:
+    key: str                        # "train:at-dense", "evaluate:advmoe", ...
+    fn: Callable[..., Any]
+    args: tuple
+    deps: tuple[str, ...] = ()
+    cost: float = 1.0               # expected relative cost: the longest ready job starts first
+
+
+def _worker_init(threads: int) -> None:
+    import os
+
+    import torch
+
+    os.environ["TERM"] = "dumb"  # rich: no live displays in workers, plain lines only
+    torch.set_num_threads(threads)
+
+
+def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[str, float]) -> dict[str, Any]:
+    """Run a dependency graph of jobs, ``workers`` at a time (1 = in this process, in order)."""
+    results: dict[str, Any] = {}
+    if workers <= 1:
+        for job in jobs:
+            console.rule(job.key.replace(":", " "))
+            t0 = time.perf_counter()
+            results[job.key] = job.fn(*job.args)
+            seconds[job.key] = round(time.perf_counter() - t0, 1)
+        return results
+
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    console.print(f"[bold]{len(jobs)} jobs[/] on {workers} worker processes, {threads} torch thread(s) each")
+    pending = list(jobs)
+    running: dict[Any, tuple[_Job, float]] = {}
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        try:
+            while pending or running:
+                ready = sorted((j for j in pending if all(d in results for d in j.deps)), key=lambda j: -j.cost)
+                for job in ready[: workers - len(running)]:
+                    pending.remove(job)
+                    console.print(f"[cyan]start[/] {job.key}")
+                    running[pool.submit(job.fn, *job.args)] = (job, time.perf_counter())
+                if not running:
+                    raise RuntimeError(f"unsatisfiable job dependencies: {[j.key for j in pending]}")
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job, t0 = running.pop(fut)
+                    results[job.key] = fut.result()  # re-raises a worker's error here
+                    seconds[job.key] = round(time.perf_counter() - t0, 1)
+                    left = len(pending) + len(running)
+                    console.print(f"[green]done[/]  {job.key} in {seconds[job.key]:.0f} s ({left} job(s) left)")
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise
+    return results
+
+
+# Relative costs of the jobs (measured on the fmnist-mini preset): the scheduler starts the longest first.
+_TRAIN_COST = {"advmoe": 8.0, "at-moe": 4.0, "at-dense": 2.0, "at-sparse": 2.0, "at-sdense": 1.0, "std": 1.0}
 
 
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> PipelineResult:
     """Run the main job into ``cfg.out``; see the module docstring."""
-    from .analysis.dissect import dissect, plot_dissection
-    from .analysis.iou import iou_analysis, plot_iou
-    from .data import as_tensors, get_dataset_info, load_dataset, subset_indices
-    from .evaluation import evaluate
     from .leaderboard import build, publish_results
 
     console = console or Console()
+    t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "pipeline.json", json.dumps(asdict(cfg), indent=2, default=str).encode())
     board_root = Path(cfg.leaderboard_root) if cfg.leaderboard_root else out / "leaderboards"
     res = PipelineResult()
     sec = res.seconds
+    workers = cfg.resolved_workers()
+    progress = workers <= 1  # live bars only when one process owns the terminal
 
-    # 1. models
+    # 1. models: the zoo's (checksums verified) or training jobs
+    jobs: list[_Job] = []
+    if cfg.from_zoo:
+        from .zoo import get_zoo_model, verify, weights_path
+
+        for method in cfg.methods:
+            m = get_zoo_model(ZOO_PREFIX + method)
+            path = weights_path(m)
+            verify(m, path)
+            console.print(f"[bold]{method}[/]: zoo model {m.name} (sha256 verified)")
+            res.checkpoints[method] = str(path)
+    else:
+        for method in cfg.methods:
+            res.checkpoints[method] = str(out / "models" / method / "ckpt.pt")
+        for method in cfg.methods:
+            from_dense = res.checkpoints["at-dense"] if (method == "at-sparse" and "at-dense" in cfg.methods) else None
+            jobs.append(_Job(f"train:{method}", _job_train, (cfg, method, from_dense, progress),
+                             ("train:at-dense",) if from_dense else (), _TRAIN_COST.get(method, 1.0)))
+
+    # 2. evaluation of every model, 3. dissection and pathway IoU of the MoE models
+    trained = {j.key for j in jobs}
+    moe = [m for m in cfg.methods if _is_moe_method(m)]
+    sparse_ckpt = res.checkpoints.get("at-sparse")
     for method in cfg.methods:
-        ckpt = _timed(sec, f"train:{method}", lambda: _train_or_fetch(cfg, method, out, console, res.checkpoints))
-        res.checkpoints[method] = str(ckpt)
-
-    # 2. evaluation (resumable: an interrupted evaluation continues from its state file)
-    for method, ckpt in res.checkpoints.items():
-        path = out / "results" / f"{method}.json"
-        res.results[method] = str(path)
-        if path.exists():
-            console.print(f"[bold]{method}[/]: reusing {path}")
-            continue
-        console.rule(f"evaluate {method} ({cfg.suite} suite, {cfg.n_examples} test examples)")
-        state = Path(str(path) + ".state")
-        _timed(sec, f"evaluate:{method}", lambda: evaluate(
-            ckpt, suite=cfg.suite, n_examples=cfg.n_examples, seed=cfg.seed, data_root=cfg.data_root,
-            out=path, resume=state.exists(), batch_size=cfg.batch_size, progress=True))
-
-    # 3. dissection and pathway IoU of the MoE models
-    moe = {m: p for m, p in res.checkpoints.items() if load_checkpoint(p).spec.is_moe}
-    if moe:
-        first = load_checkpoint(next(iter(moe.values()))).spec
-        test = load_dataset(first.dataset, "test", root=cfg.data_root)
-        idx = subset_indices(len(test), min(cfg.dissect_examples, len(test)), cfg.seed)
-        x, y = as_tensors(test, idx)
-        sparse_ckpt = res.checkpoints.get("at-sparse")
-        for method, ckpt in moe.items():
-            ddir = out / "dissect" / method
-            if not (ddir / "dissect.json").exists():
-                console.rule(f"dissect {method} ({len(y)} test examples, model and router attacks)")
-                model = load_checkpoint(ckpt).model
-                d = _timed(sec, f"dissect:{method}", lambda: dissect(model, x, y, routers=True, seed=cfg.seed))
-                d.save(ddir / "dissect.json")
-                plot_dissection(d, ddir / "dissect.png", title=f"{method}: routers vs. pathways")
-            res.dissections[method] = str(ddir / "dissect.json")
-            if sparse_ckpt is not None:
-                idir = out / "iou" / method
-                if not (idir / "iou.json").exists():
-                    model, mask = load_checkpoint(ckpt).model, load_checkpoint(sparse_ckpt).model
-                    try:
-                        r = _timed(sec, f"iou:{method}", lambda: iou_analysis(model, mask, x, y, seed=cfg.seed))
-                    except ConfigError as e:  # e.g. N*r != 1: no layer-by-layer match with the mask
-                        console.print(f"[yellow]iou {method}: skipped ({e})[/]")
-                        continue
-                    r.save(idir / "iou.json")
-                    plot_iou(r, idir / "iou.png")
-                res.iou[method] = str(idir / "iou.json")
+        dep = (f"train:{method}",) if f"train:{method}" in trained else ()
+        jobs.append(_Job(f"evaluate:{method}", _job_evaluate, (cfg, method, res.checkpoints[method], progress),
+                         dep, 3.0 if method in moe else 2.0))
+        res.results[method] = str(out / "results" / f"{method}.json")
+    for method in moe:
+        deps = tuple(k for k in (f"train:{method}", "train:at-sparse") if k in trained)
+        jobs.append(_Job(f"dissect:{method}", _job_dissect, (cfg, method, res.checkpoints[method], sparse_ckpt),
+                         deps, 0.5))
+    done = _run_jobs(jobs, workers, console, sec)
+    for method in moe:
+        d = done[f"dissect:{method}"]
+        res.dissections[method] = d["dissect"]
+        if d["iou"]:
+            res.iou[method] = d["iou"]
 
     # 4. leaderboard
     for method, path in res.results.items():
@@ -191,8 +295,15 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     res.comparison = str(md)
     console.rule("comparison")
     console.print(table.to_rich())
+    sec["total"] = round(time.perf_counter() - t_start, 1)
     atomic_write_bytes(out / "pipeline_result.json", json.dumps(asdict(res), indent=2).encode())
     return res
+
+
+def _is_moe_method(method: str) -> bool:
+    from .training.config import METHOD_KINDS
+
+    return METHOD_KINDS.get(method, "dense") == "moe"
 
 
 def describe_info(dataset: str) -> str:

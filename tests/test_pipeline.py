@@ -36,7 +36,7 @@ def test_main_job_end_to_end_and_resume(tiny_root, tmp_path, capsys):
     out = tmp_path / "job"
     args = ["pipeline", "--out", str(out), "--preset", "fmnist-tiny", "--suite", "standard", "--n-examples", "32",
             "--dissect-examples", "32", "--data-root", str(tiny_root)]
-    assert run(args) == 0
+    assert run(args + ["--workers", "2"]) == 0  # jobs side by side in two worker processes
     methods = ["at-dense", "at-sdense", "at-sparse", "at-moe", "advmoe"]
     res = json.loads((out / "pipeline_result.json").read_text())
     assert sorted(res["checkpoints"]) == sorted(methods)
@@ -68,9 +68,16 @@ def test_main_job_end_to_end_and_resume(tiny_root, tmp_path, capsys):
     assert (board / "README.md").exists()
     table = (out / "comparison.md").read_text()
     assert all(m in table for m in methods)
-    # a second run reuses everything: no retraining (checkpoint files untouched)
+    # every job ran, each timed; the dependency order held (at-sparse trained after at-dense finished)
+    keys = {f"{k}:{m}" for k in ("train", "evaluate") for m in methods} | {"dissect:at-moe", "dissect:advmoe"}
+    assert keys <= set(res["seconds"]) and res["seconds"]["total"] > 0
+    dense_done = (out / "models" / "at-dense" / "ckpt.pt").stat().st_mtime_ns
+    sparse_cfg_written = (out / "models" / "at-sparse" / "config.json").stat().st_mtime_ns
+    assert sparse_cfg_written >= dense_done
+    # a second run (one process) reuses everything: no retraining (checkpoint files untouched)
     mtimes = {m: Path(p).stat().st_mtime_ns for m, p in res["checkpoints"].items()}
     capsys.readouterr()
-    assert run(args) == 0
-    assert "reusing" in capsys.readouterr().out
+    assert run(args + ["--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{m}: reusing" in printed for m in methods)
     assert {m: Path(p).stat().st_mtime_ns for m, p in res["checkpoints"].items()} == mtimes

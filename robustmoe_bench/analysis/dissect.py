@@ -25,20 +25,19 @@ adversarial forward with the routing trace on.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_write_bytes
 from ..attacks.base import check_in_ball
 from ..errors import ConfigError, ModelError
 from .plots import new_axes, save_figure
+from .record import JsonRecord
 
 SCHEMA_VERSION = 1
 
@@ -177,10 +176,13 @@ class AttackDissection:
 
 
 @dataclass
-class DissectResult:
+class DissectResult(JsonRecord):
     """Dissection of one MoE model (see module docstring). ``attack``: the model attack (PGD-50 by
     default); ``router_attack``: the router-untargeted attack (only with ``routers=True``);
     ``routers_alone_robust_acc``: % of examples whose routing survives the router attack."""
+
+    KIND: ClassVar[str] = "dissection"
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
 
     n_examples: int
     clean_acc: float
@@ -198,26 +200,13 @@ class DissectResult:
     seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DissectResult":
-        d = dict(d)
-        if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise ConfigError(f"dissection written by a newer schema ({d['schema_version']}); upgrade to read it")
+        d = cls.checked_fields(d)
         d["attack"] = AttackDissection(**d["attack"])
         if d.get("router_attack") is not None:
             d["router_attack"] = AttackDissection(**d["router_attack"])
         return cls(**d)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the JSON atomically."""
-        atomic_write_bytes(path, (self.to_json() + "\n").encode())
-        return Path(path)
 
     def dissections(self) -> list[AttackDissection]:
         return [d for d in (self.attack, self.router_attack) if d is not None]

@@ -15,21 +15,20 @@ routing gives the utilisation statistics on adversarial inputs (no second attack
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_write_bytes
 from ..errors import ConfigError, ModelError
 from ..attacks.base import check_in_ball
 from .dissect import AttackFn, predict_and_route, require_moe, resolve_attack
 from .plots import new_axes, save_figure
+from .record import JsonRecord
 
 SCHEMA_VERSION = 1
 HIST_BINS = 20
@@ -119,9 +118,12 @@ class Utilisation:
 
 
 @dataclass
-class IoUResult:
+class IoUResult(JsonRecord):
     """Per-input pathway IoU on clean and adversarial inputs, their summaries and histogram, and
     expert utilisation. ``clean``/``adversarial``: IoU per input ``[n]`` (same order as the inputs)."""
+
+    KIND: ClassVar[str] = "IoU result"
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
 
     n_examples: int
     layers: list[str]
@@ -148,23 +150,11 @@ class IoUResult:
     seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IoUResult":
-        d = dict(d)
-        if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise ConfigError(f"IoU result written by a newer schema ({d['schema_version']}); upgrade to read it")
+        d = cls.checked_fields(d)
         d["utilisation"] = {k: Utilisation(**v) for k, v in d["utilisation"].items()}
         return cls(**d)
-
-    def save(self, path: str | Path) -> Path:
-        atomic_write_bytes(path, (self.to_json() + "\n").encode())
-        return Path(path)
 
 
 def histogram(clean: Tensor, adv: Tensor, bins: int = HIST_BINS) -> dict[str, list[float]]:

@@ -23,6 +23,8 @@ def pipeline_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set files."),
     leaderboard_root: Optional[Path] = typer.Option(None, "--leaderboard-root",
                                                     help="Where entries go (default: OUT/leaderboards)."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes running the jobs side by side "
+                                "(0 = 2 on a machine with >= 2 CPU threads; 1 = one process with live progress bars)."),
 ) -> None:
     """Train the five robust models (or take them from the zoo), evaluate each, dissect the MoE models,
     publish the leaderboard and print the comparison table."""
@@ -30,7 +32,7 @@ def pipeline_cmd(
         out=str(out), preset=preset, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         from_zoo=from_zoo, suite=suite, n_examples=n_examples, dissect_examples=dissect_examples, seed=seed,
         data_root=str(data_root) if data_root else None,
-        leaderboard_root=str(leaderboard_root) if leaderboard_root else None,
+        leaderboard_root=str(leaderboard_root) if leaderboard_root else None, workers=workers,
     )
     res = run_pipeline(cfg, console)
     console.print(f"\nleaderboard: {', '.join(res.leaderboard_pages)}")

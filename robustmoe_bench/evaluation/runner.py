@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..config import format_eps, parse_eps
-from ..errors import CheckpointError, ConfigError, DataError, RobustMoEError
+from ..errors import CheckpointError, ConfigError, DataError
 from .results import AttackResult, EvalResult, pct
 from .state import BatchRecord, StateFolder, str_to_mask
 from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, has_routing, plan, run_cascade
@@ -229,7 +229,6 @@ def evaluate(
     ``attack_factory`` (tests) replaces ``create_attack``; ``on_batch(i)`` is called after batch ``i`` is
     saved. Bad input raises a :class:`~robustmoe_bench.errors.RobustMoEError` before anything is written.
     """
-    t_start = time.perf_counter()
     from ..data import as_tensors, get_dataset_info, load_dataset, subset_indices
 
     # -------------------------------------------------- validate everything before writing anything

@@ -119,32 +119,70 @@ def pair_groups(e_in: Tensor, e_out: Tensor, groups: int) -> list[tuple[int, int
     return [(k // groups, k % groups, idx) for k, idx in groups_of(key, groups * groups)]
 
 
-def assemble(parts: list[tuple[Tensor, Tensor]], batch: int) -> Tensor:
+class _SplitRows(torch.autograd.Function):
+    """Rows ``x[idx_k]`` for a partition ``idx_1..idx_K`` of the batch; backward writes every group's
+    gradient into ONE full-size tensor (autograd's own index/slice backward would allocate and sum a
+    full-size zero tensor per group)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *idxs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.save_for_backward(*idxs)
+        ctx.batch_shape = x.shape
+        return tuple(x.index_select(0, i) for i in idxs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        idxs = ctx.saved_tensors
+        ref = next(g for g in grads if g is not None)
+        covered = all(g is not None for g in grads)
+        out = ref.new_empty(ctx.batch_shape) if covered else ref.new_zeros(ctx.batch_shape)
+        for i, g in zip(idxs, grads):
+            if g is not None:
+                out[i] = g
+        return (out,) + (None,) * len(idxs)
+
+
+class _MergeRows(torch.autograd.Function):
+    """Inverse of :class:`_SplitRows`: group results ``vals[k]`` written to rows ``idx_k`` of one tensor;
+    backward gathers each group's rows of the gradient (no full-size tensor per group)."""
+
+    @staticmethod
+    def forward(ctx, batch: int, idxs: tuple[Tensor, ...], *vals: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(*idxs)
+        out = vals[0].new_empty((batch,) + tuple(vals[0].shape[1:]))
+        for i, v in zip(idxs, vals):
+            out[i] = v
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        idxs = ctx.saved_tensors
+        return (None, None) + tuple(grad.index_select(0, i) if ctx.needs_input_grad[2 + k] else None
+                                    for k, i in enumerate(idxs))
+
+
+def split_rows(x: Tensor, idxs: list[Tensor]) -> list[Tensor]:
+    """The rows of each group, ``[x[idx] for idx in idxs]``; ``idxs`` partition the batch of ``x``.
+
+    A group holding the whole batch is ``x`` itself (a group of :func:`groups_of` lists its indices in
+    ascending order, so it is exactly ``arange(B)``). Row gathers use ``index_select`` (measured faster
+    than advanced indexing on CPU) and one full-size gradient in backward (:class:`_SplitRows`).
+    """
+    if len(idxs) == 1 and idxs[0].numel() == x.shape[0]:
+        return [x]
+    return list(_SplitRows.apply(x, *idxs))
+
+
+def merge_rows(parts: list[tuple[Tensor, Tensor]], batch: int) -> Tensor:
     """Put per-group results ``(indices, values)`` back in batch order (differentiable).
 
-    Writes every group straight into one preallocated tensor (one copy of the output, instead of a
-    concatenation followed by a permuting gather: two copies). The groups partition the batch, so
-    every row is written exactly once.
+    The groups partition the batch, so every row is written exactly once, straight into one
+    preallocated tensor (no concatenation followed by a permuting gather).
     """
     if len(parts) == 1 and parts[0][0].numel() == batch:
-        idx, val = parts[0]
-        if bool((idx == torch.arange(batch, device=idx.device)).all()):
-            return val
-    first = parts[0][1]
-    out = first.new_empty((batch,) + tuple(first.shape[1:]))
-    for idx, val in parts:
-        out[idx] = val  # index_put: measured faster than index_copy_ on CPU (benchmarks/moe_latency.py)
-    return out
-
-
-def take_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """``x[idx]`` along the batch, without a copy when ``idx`` is a whole-batch group of :func:`groups_of`.
-
-    A group from :func:`groups_of` lists its batch indices in ascending order (stable sort), so a group
-    holding all ``B`` inputs is exactly ``arange(B)``: the rows are ``x`` itself.
-    """
-    # index_select: measured faster than advanced indexing x[idx] for these row gathers on CPU
-    return x if idx.numel() == x.shape[0] else x.index_select(0, idx)
+        return parts[0][1]
+    idxs = tuple(i for i, _ in parts)
+    return _MergeRows.apply(batch, idxs, *(v for _, v in parts))
 
 
 def scatter_slices(x: Tensor, expert: Tensor, groups: int) -> Tensor:

@@ -310,7 +310,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             row["world_size"] = dctx.world_size
             row["ranks_identical"] = identical
         history.append(row)
-        bar.stop(_summary(row, total_epochs))
+        bar.stop(_summary(row, total_epochs, cfg.method))
         if dctx.is_main:
             save_checkpoint(state_path, net, training=training_meta(cfg, history, dctx.world_size),
                             extra={"epoch": epoch + 1, "history": history, "world_size": dctx.world_size},
@@ -334,8 +334,8 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
                        float(sum(h["seconds"] for h in history)), len(history), history)
 
 
-def _summary(row: dict[str, Any], total: int) -> str:
-    parts = [f"epoch {row['epoch']}/{total}"]
+def _summary(row: dict[str, Any], total: int, method: str) -> str:
+    parts = [f"{method} epoch {row['epoch']}/{total}"]
     if row.get("phase") not in (None, "train"):
         parts[0] += f" [{row['phase']}]"
     loss = f"loss {row['loss']:.3f}"
