@@ -38,7 +38,7 @@ class PipelineConfig:
     methods: tuple[str, ...] = METHODS
     from_zoo: bool = False
     suite: str = "full"
-    n_examples: int = 100
+    n_examples: int = 50
     dissect_examples: int = 200
     seed: int = 0
     data_root: str | None = None
@@ -160,10 +160,14 @@ class _Job:
 
 def _worker_init(threads: int) -> None:
     import os
+    import sys
 
     import torch
 
     os.environ["TERM"] = "dumb"  # rich: no live displays in workers, plain lines only
+    for stream in (sys.stdout, sys.stderr):  # lines appear as they happen, also when piped to a file
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     torch.set_num_threads(threads)
 
 

@@ -176,10 +176,13 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     assert [s.name for s in get_suite("quick").attacks] == ["pgd-20"]
     assert [s.name for s in get_suite("standard").attacks] == ["pgd-50", "autoattack"]
     full = [s.name for s in get_suite("full").attacks]
-    assert full[0] == "pgd-50" and full[-1] == "autoattack" and get_suite("full").checks
+    aa = ["apgd-ce", "apgd-t", "fab-t", "square"]  # AutoAttack standard as its four attacks, last
+    assert full[0] == "pgd-50" and full[-4:] == aa and get_suite("full").checks
+    assert [s.group for s in get_suite("full").attacks][-4:] == ["autoattack"] * 4
+    assert [s.whitebox for s in get_suite("full").attacks][-4:] == [True, True, True, False]
     dense = plan(get_suite("full"), is_moe=False, experts=1)
-    assert [a.name for a in dense if a.skipped is None] == ["pgd-50", "autoattack"]
-    assert all(a.skipped == "not an MoE model (no routers)" for a in dense if a.name not in ("pgd-50", "autoattack"))
+    assert [a.name for a in dense if a.skipped is None] == ["pgd-50"] + aa
+    assert all(a.skipped == "not an MoE model (no routers)" for a in dense if a.name not in ["pgd-50"] + aa)
     moe = plan(get_suite("full"), is_moe=True, experts=3)
     targeted = [a for a in moe if a.attack == "router-targeted"]
     assert [(a.name, a.hyper["target"], a.scope) for a in targeted] == [
@@ -476,6 +479,32 @@ def test_suite_autoattack_number_equals_direct_pyautoattack(setup: dict[str, Pat
     assert 0 < int(robust.sum()) < round(res.clean_acc / 5)  # it broke some clean-correct examples, not all
 
 
+def test_autoattack_parts_in_a_suite_report_autoattack_and_feed_the_square_check(setup: dict[str, Path]) -> None:
+    """The full suite runs AutoAttack as its four attacks: their cascade accuracy is reported under
+    ``autoattack`` too, and the Square check uses the suite's own Square (no second 5000-query run)."""
+    from robustmoe_bench.evaluation import AttackSpec, Suite
+    from robustmoe_bench.leaderboard.entry import attacks_before_autoattack
+
+    few = (("n_iter", 5), ("n_target_classes", 2))
+    parts = tuple(AttackSpec(n, n, few, group="autoattack") for n in ("apgd-ce", "apgd-t", "fab-t"))
+    suite = Suite("aa-parts", "PGD-5 then AutoAttack's parts with few iterations", (
+        AttackSpec("pgd-5", "pgd", (("steps", 5),)), *parts,
+        AttackSpec("square", "square", (("n_queries", 300),), whitebox=False, group="autoattack")), checks=True)
+    with single_thread():
+        res = evaluate(setup["ckpt"], suite=suite, n_examples=20, eps=EPS, batch_size=20, seed=6,
+                       data_root=setup["data"], progress=False)
+    acc = res.robust_acc
+    assert acc["autoattack"] == acc["square"] <= acc["fab-t"] <= acc["apgd-t"] <= acc["apgd-ce"] <= acc["pgd-5"]
+    assert acc["worst_case"] == acc["autoattack"] and acc["pgd-5"] < res.clean_acc
+    square = next(a for a in res.attacks if a.name == "square")
+    check = res.flags["square_vs_whitebox"]
+    assert "the suite's own run" in check["evidence"]
+    assert check["values"]["broken_by_square_only"] == square.n_broken
+    assert check["values"]["whitebox"] == acc["fab-t"]  # the examples Square ran on
+    assert check["passed"] == (100 * square.n_broken / 20 <= 1.0)
+    assert attacks_before_autoattack(res.to_dict()) == ("pgd-5",)
+
+
 @pytest.mark.slow
 def test_standard_and_autoattack_suites_equal_direct_pyautoattack_standard(setup: dict[str, Path]) -> None:
     from robustmoe_bench.checkpoint import load_checkpoint
@@ -516,7 +545,7 @@ def test_full_suite_breaks_masked_gradient_moe_that_pgd50_misses() -> None:
             robust &= ~str_to_mask(rec.attacks[a.name].broken)
             after[a.name] = int(robust.sum())
         assert rec.clean == "11111111" and after["pgd-50"] == 8  # plain PGD-50: "100% robust"
-        assert after["autoattack"] <= after["pgd-50"] and after["autoattack"] == 0  # the worst case sees through it
+        assert after["square"] <= after["pgd-50"] and after["square"] == 0  # the worst case sees through it
         adaptive = sum(str_to_mask(rec.attacks[k].broken).sum().item() for k in ("soft-pgd", "joint", "pathway-forced"))
         assert adaptive == 8  # examples PGD-50 missed, found by the adaptive attacks
         assert rec.attacks["router-untargeted"].routing_changed == 8

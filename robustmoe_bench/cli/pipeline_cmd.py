@@ -17,7 +17,7 @@ def pipeline_cmd(
     methods: str = typer.Option(",".join(METHODS), "--methods", help="Comma-separated training methods."),
     preset: str = typer.Option("fmnist-mini", "--preset", help="Training preset."),
     suite: str = typer.Option("full", "--suite", help="Evaluation suite: quick, standard or full."),
-    n_examples: int = typer.Option(100, "--n-examples", help="Test examples per evaluation (seeded subset)."),
+    n_examples: int = typer.Option(50, "--n-examples", help="Test examples per evaluation (seeded subset; the demo default keeps the job within 15 minutes on 2 cores: use 1000+ for numbers to cite)."),
     dissect_examples: int = typer.Option(200, "--dissect-examples", help="Test examples for dissection and IoU."),
     seed: int = typer.Option(0, "--seed"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set files."),

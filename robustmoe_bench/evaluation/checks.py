@@ -82,7 +82,8 @@ def eps_increase(model: torch.nn.Module, x: Tensor, y: Tensor, *, eps: float, no
 
 
 def square_vs_whitebox(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_robust: Tensor, *, eps: float,
-                       norm: str, seed: int, factory: Callable[..., Any]) -> Check:
+                       norm: str, seed: int, factory: Callable[..., Any],
+                       square_broken: Tensor | None = None) -> Check:
     """Does gradient-free Square beat the white-box attacks? ``whitebox_robust`` ``[B]`` bool: robust
     under every white-box attack of the suite.
 
@@ -91,19 +92,27 @@ def square_vs_whitebox(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_ro
     1 pp of ``x`` there. That excess bounds the gap from above (Square alone can be below white-box by
     at most what it breaks beyond white-box), so the check is never laxer than the rule, and it saves
     running 5000 queries on examples that are already broken.
+
+    ``square_broken`` ``[B]`` bool: when the suite itself ran Square (standard settings) after all its
+    white-box attacks, on exactly these survivors, its outcome is used instead of a second Square run.
     """
     survivors = whitebox_robust.to(x.device)
-    idx = survivors.nonzero().flatten()
-    still = torch.zeros_like(survivors)
-    if idx.numel():
-        still[idx] = _run(factory, "square", eps, norm, derive_seed(seed, 2), model, x[idx], y[idx])
-    only_square = int((survivors & ~still).sum())
+    if square_broken is not None:
+        only_square = int((survivors & square_broken.to(x.device)).sum())
+        source = "Square (the suite's own run)"
+    else:
+        idx = survivors.nonzero().flatten()
+        still = torch.zeros_like(survivors)
+        if idx.numel():
+            still[idx] = _run(factory, "square", eps, norm, derive_seed(seed, 2), model, x[idx], y[idx])
+        only_square = int((survivors & ~still).sum())
+        source = "Square"
     wb_acc = _pct(int(survivors.sum()), len(y))
     excess = _pct(only_square, len(y))
     passed = excess <= SQUARE_MARGIN_PP
     return {
         "passed": passed,
-        "evidence": f"Square broke {only_square} of the {int(survivors.sum())} examples the white-box attacks left "
+        "evidence": f"{source} broke {only_square} of the {int(survivors.sum())} examples the white-box attacks left "
                     f"robust ({excess:.1f} pp of {len(y)}; white-box accuracy {wb_acc:.1f}%; allowed {SQUARE_MARGIN_PP:g} pp)",
         "values": {"whitebox": wb_acc, "square_excess_pp": excess, "broken_by_square_only": only_square,
                    "n": len(y)},
@@ -162,15 +171,17 @@ def deterministic_routing(model: torch.nn.Module, x: Tensor) -> Check:
 
 
 def run_checks(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_robust: Tensor, *, eps: float, norm: str,
-               seed: int, factory: Callable[..., Any] | None = None) -> dict[str, Check]:
+               seed: int, factory: Callable[..., Any] | None = None,
+               square_broken: Tensor | None = None) -> dict[str, Check]:
     """All four checks on a subset ``x`` ``[B, C, H, W]``, ``y`` ``[B]``; ``whitebox_robust`` ``[B]`` bool
-    is the suite's white-box outcome on the same examples."""
+    is the suite's white-box outcome on the same examples; ``square_broken`` ``[B]`` bool, the examples
+    the suite's own Square broke (when it ran Square after every white-box attack)."""
     if factory is None:
         from ..attacks import create_attack as factory  # noqa: N813
     return {
         "eps_increase": eps_increase(model, x, y, eps=eps, norm=norm, seed=seed, factory=factory),
         "square_vs_whitebox": square_vs_whitebox(model, x, y, whitebox_robust, eps=eps, norm=norm, seed=seed,
-                                                 factory=factory),
+                                                 factory=factory, square_broken=square_broken),
         "zero_gradients": zero_gradients(model, x, y),
         "deterministic_routing": deterministic_routing(model, x),
     }

@@ -360,6 +360,9 @@ def _finish(
             a.name, a.attack, params[a.name], robust_acc[a.name], sum(r.n_attacked for r in recs),
             int(broken[a.name].sum()), change, a.scope, round(sum(r.seconds for r in recs), 3),
         ))
+    for a in attacks:  # a composite attack (AutoAttack's parts): the accuracy after its last part
+        if a.group is not None and a.name in robust_acc:
+            robust_acc[a.group] = robust_acc[a.name]
     robust_acc["worst_case"] = pct(int(robust.sum()), n)
     seconds = sum(r.seconds for r in records)
 
@@ -385,7 +388,10 @@ def _finish(
             for a in attacks:
                 if a.skipped is None and a.whitebox:
                     whitebox &= ~broken[a.name][:m]
-            flags = _run_checks(model, x_head[:m], y_head[:m], whitebox, eps, norm, seed, factory)
+            # the suite's own Square ran last, on exactly the white-box survivors: its breaks are the check's
+            last = [a for a in attacks if a.skipped is None]
+            square = broken[last[-1].name][:m] if (last and last[-1].attack == "square") else None
+            flags = _run_checks(model, x_head[:m], y_head[:m], whitebox, eps, norm, seed, factory, square)
             dt = time.perf_counter() - t0
             seconds += dt
             if state is not None:
@@ -406,10 +412,12 @@ def _finish(
 
 
 def _run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, whitebox: torch.Tensor, eps: float,
-                norm: str, seed: int, factory: AttackFactory) -> dict[str, dict[str, Any]]:
+                norm: str, seed: int, factory: AttackFactory,
+                square_broken: Optional[torch.Tensor] = None) -> dict[str, dict[str, Any]]:
     from .checks import run_checks
 
-    return run_checks(model, x, y, whitebox.to(x.device), eps=eps, norm=norm, seed=derive_seed(seed, 3), factory=factory)
+    return run_checks(model, x, y, whitebox.to(x.device), eps=eps, norm=norm, seed=derive_seed(seed, 3), factory=factory,
+                      square_broken=square_broken)
 
 
 __all__ = ["CHECK_EXAMPLES", "DEFAULT_BATCH_SIZE", "THREAT_MODELS", "evaluate", "resolve_eps"]

@@ -14,7 +14,9 @@ Built-in suites:
   comparable with RobustBench's ``autoattack_acc``.
 * ``full``: PGD-50, the adaptive MoE attacks (soft-routing PGD, joint output+router loss,
   pathway-forced), the router attacks (untargeted, and targeted once per expert: all layers pushed to
-  expert ``k``, reported as ``router-targeted-e<k>``), then AutoAttack, plus the gradient-masking checks.
+  expert ``k``, reported as ``router-targeted-e<k>``), then AutoAttack's standard version as its four
+  attacks (APGD-CE, APGD-T, FAB-T, Square: each reported, and together under ``autoattack``), plus the
+  gradient-masking checks (the Square check reuses the suite's Square).
   MoE-only attacks are skipped, with the reason recorded, for Dense/S-Dense/Sparse models.
 
 Router attacks have scope ``"all"``: they run on every example, because their routing-change rate is a
@@ -45,7 +47,9 @@ class AttackSpec:
     ``name``: the key in the results; ``attack``: the name in ``robustmoe_bench.attacks.ATTACKS``;
     ``hyper``: extra keyword arguments for ``create_attack``; ``moe_only``: skipped for non-MoE models;
     ``per_expert``: expanded into one entry per expert ``k`` (``<name>-e<k>``, ``target=k``);
-    ``whitebox``: a pure gradient-based attack (the Square check compares against these).
+    ``whitebox``: a pure gradient-based attack (the Square check compares against these);
+    ``group``: the entries form one composite attack whose accuracy is reported under this name too
+    (the cascade accuracy after the group's last entry), e.g. AutoAttack's four attacks.
     """
 
     name: str
@@ -55,6 +59,7 @@ class AttackSpec:
     scope: str = "robust"
     per_expert: bool = False
     whitebox: bool = True
+    group: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -81,6 +86,7 @@ class PlannedAttack:
     scope: str = "robust"
     whitebox: bool = True
     skipped: Optional[str] = None
+    group: Optional[str] = None
 
 
 SUITES: Registry[Suite] = Registry("suite")
@@ -94,6 +100,15 @@ def _add(suite: Suite) -> Suite:
 PGD20 = AttackSpec("pgd-20", "pgd", (("steps", 20),))
 PGD50 = AttackSpec("pgd-50", "pgd", (("steps", 50),))
 AUTOATTACK = AttackSpec("autoattack", "autoattack", whitebox=False)
+#: AutoAttack's standard version as four cascade entries (the reference implementations with the standard
+#: settings; see robustmoe_bench.attacks.autoattack). Same algorithm as AUTOATTACK, and the suite then knows
+#: which examples Square alone broke, which the square_vs_whitebox check needs (no second Square run).
+AUTOATTACK_PARTS = (
+    AttackSpec("apgd-ce", "apgd-ce", group="autoattack"),
+    AttackSpec("apgd-t", "apgd-t", group="autoattack"),
+    AttackSpec("fab-t", "fab-t", group="autoattack"),
+    AttackSpec("square", "square", whitebox=False, group="autoattack"),
+)
 
 _add(Suite("quick", "PGD-20 (a fast first look; not a robustness claim)", (PGD20,)))
 _add(Suite("standard", "PGD-50, then AutoAttack standard on the examples PGD-50 left", (PGD50, AUTOATTACK)))
@@ -109,7 +124,7 @@ _add(Suite(
         AttackSpec("pathway-forced", "pathway-forced", moe_only=True),
         AttackSpec("router-untargeted", "router-untargeted", moe_only=True, scope="all"),
         AttackSpec("router-targeted", "router-targeted", moe_only=True, scope="all", per_expert=True),
-        AUTOATTACK,
+        *AUTOATTACK_PARTS,
     ),
     checks=True,
 ))
@@ -133,12 +148,14 @@ def plan(suite: Suite, is_moe: bool, experts: int) -> list[PlannedAttack]:
     for s in suite.attacks:
         hyper = dict(s.hyper)
         if s.moe_only and not is_moe:
-            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox, "not an MoE model (no routers)"))
+            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox, "not an MoE model (no routers)",
+                                     s.group))
         elif s.per_expert:
             for k in range(experts):
-                out.append(PlannedAttack(f"{s.name}-e{k}", s.attack, {**hyper, "target": k}, s.scope, s.whitebox))
+                out.append(PlannedAttack(f"{s.name}-e{k}", s.attack, {**hyper, "target": k}, s.scope, s.whitebox,
+                                         None, s.group))
         else:
-            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox))
+            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox, None, s.group))
     return out
 
 

@@ -333,6 +333,10 @@ def failed_checks(results: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+#: Names under which AutoAttack (or one of its four attacks, as the full suite runs them) appears.
+AUTOATTACK_NAMES = ("autoattack", "apgd-ce", "apgd-t", "fab-t", "square")
+
+
 def attacks_before_autoattack(results: Mapping[str, Any]) -> tuple[str, ...]:
     """Attacks that ran before AutoAttack in the suite's cascade (skipped ones excluded), in order.
 
@@ -344,7 +348,7 @@ def attacks_before_autoattack(results: Mapping[str, Any]) -> tuple[str, ...]:
     for a in attacks:
         if not isinstance(a, Mapping):
             raise LeaderboardError("results: 'attacks' must be a list of attack objects")
-        if a.get("name") == "autoattack":
+        if a.get("name") in AUTOATTACK_NAMES:  # AutoAttack, or the first of its parts in the full suite
             return tuple(before)
         if a.get("skipped") is None and a.get("robust_acc") is not None:
             before.append(str(a.get("name")))
