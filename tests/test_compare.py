@@ -56,6 +56,11 @@ def test_markdown_exact(files: list[Path]) -> None:
     assert table.attacks == ["pgd-50", "autoattack", "square"]
     assert table.rows[1].saving == pytest.approx(1 - 0.1505 / 0.5567)
     assert table.to_markdown() == EXPECTED_MD
+    # the terminal view keeps the headline attacks only; rows and worst case unchanged
+    small = table.compact()
+    assert small.attacks == ["pgd-50", "autoattack"] and small.rows == table.rows
+    assert [row[-3] for row in small.cells()] == ["48.25", "50.00", "59.00"]
+    assert small.headers()[6:8] == ["pgd-50", "autoattack"] and "square" not in small.headers()
 
 
 def test_cli_writes_markdown(files: list[Path], tmp_path: Path) -> None:

@@ -75,6 +75,11 @@ class CompareTable:
                         MISSING if r.saving is None else f"{100 * r.saving:.1f}%"])
         return out
 
+    def compact(self, attacks: tuple[str, ...] = ("pgd-50", "autoattack")) -> "CompareTable":
+        """The same rows with only the headline attacks (those of ``attacks`` present) as columns: a
+        terminal-width view; the worst case still covers every attack run."""
+        return CompareTable(self.rows, [a for a in self.attacks if a in attacks])
+
     def to_rich(self):
         """The table as a ``rich.table.Table`` for the terminal."""
         from rich.table import Table
