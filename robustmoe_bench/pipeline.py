@@ -287,8 +287,9 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
             authors="robustmoe-bench", venue="robustmoe-bench", architecture=spec.describe(),
         )
         res.entries[method] = str(entry_path)
-    pages, _ = build(board_root)
-    res.leaderboard_pages = [str(p) for p in pages]
+    if res.entries:
+        pages, _ = build(board_root)
+        res.leaderboard_pages = [str(p) for p in pages]
 
     # 5. comparison table (the paper's Table 1 layout)
     from .analysis.compare import compare_results

@@ -81,3 +81,24 @@ def test_main_job_end_to_end_and_resume(tiny_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert all(f"{m}: reusing" in printed for m in methods)
     assert {m: Path(p).stat().st_mtime_ns for m, p in res["checkpoints"].items()} == mtimes
+
+
+def test_main_job_from_zoo_verifies_and_uses_the_packaged_models(tmp_path, capsys):
+    """--from-zoo: no training; the packaged models (sha256 verified) are evaluated and dissected."""
+    from robustmoe_bench.zoo import get_zoo_model, sha256_file, weights_path
+
+    out = tmp_path / "zoo-job"
+    args = ["pipeline", "--out", str(out), "--from-zoo", "--methods", "at-sdense,at-moe", "--suite", "quick",
+            "--n-examples", "8", "--dissect-examples", "8", "--workers", "1"]
+    assert run(args) == 0
+    printed = capsys.readouterr().out
+    assert "fmnist-at-moe (sha256 verified)" in printed
+    assert not (out / "models").exists()  # nothing trained
+    res = json.loads((out / "pipeline_result.json").read_text())
+    for m in ("at-sdense", "at-moe"):
+        zm = get_zoo_model(f"fmnist-{m}")
+        assert res["checkpoints"][m] == str(weights_path(zm))
+        r = json.loads((out / "results" / f"{m}.json").read_text())
+        assert r["checkpoint_sha256"] == zm.sha256 == sha256_file(weights_path(zm))
+        assert r["n_examples"] == 8 and r["training"]["method"] == m
+    assert (out / "dissect" / "at-moe" / "dissect.json").exists() and res["entries"] == {}
