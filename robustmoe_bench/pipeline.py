@@ -7,8 +7,11 @@
 4. publish leaderboard entries and build the leaderboard pages;
 5. print (and write) the comparison table.
 
-Every step is resumable: a finished training run, evaluation, dissection or entry is reused when the
-job is run again on the same output folder, and an interrupted evaluation resumes from its state file.
+Steps 1-3 are jobs of a dependency graph (train -> evaluate, train at-dense -> train at-sparse,
+train -> dissect + IoU), run on ``workers`` processes side by side (default 2, one torch thread each,
+longest job first) or in this process (``workers=1``, with live progress bars). Every step is
+resumable: a finished training run, evaluation, dissection or entry is reused when the job is run again
+on the same output folder, and an interrupted evaluation resumes from its state file.
 """
 from __future__ import annotations
 
