@@ -263,7 +263,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     sparse_ckpt = res.checkpoints.get("at-sparse")
     for method in cfg.methods:
         dep = (f"train:{method}",) if f"train:{method}" in trained else ()
-        jobs.append(_Job(f"evaluate:{method}", _job_evaluate, (cfg, method, res.checkpoints[method], progress),
+        # evaluation progress in a worker: one line per attack (no live bar there)
+        jobs.append(_Job(f"evaluate:{method}", _job_evaluate, (cfg, method, res.checkpoints[method], True),
                          dep, 3.0 if method in moe else 2.0))
         res.results[method] = str(out / "results" / f"{method}.json")
     for method in moe:

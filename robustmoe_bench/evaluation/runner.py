@@ -156,9 +156,10 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            self._console = Console(stderr=True)
             self._p = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+                TimeElapsedColumn(), TimeRemainingColumn(), console=self._console, transient=False,
             )
             self._title = title
             self._task = self._p.add_task(title, total=total)
@@ -167,6 +168,8 @@ class _Progress:
     def attack(self, name: str) -> None:
         if self._p is not None:
             self._p.update(self._task, description=f"{self._title}: {name}")
+            if not self._console.is_interactive:  # no live bar (a pipe, a worker process): one line per attack
+                self._console.print(f"{self._title}: {name}", highlight=False, markup=False)
 
     def advance(self) -> None:
         if self._p is not None:
@@ -297,7 +300,8 @@ def evaluate(
         done = state.load_batches() if (state is not None and resume) else {}
         mine = [i for i in range(n_batches) if i % world == rank]
         todo = [i for i in mine if i not in done]
-        bar = _Progress(progress and rank == 0, len(mine), f"{the_suite.name} on {info.name}")
+        who = f"{training['method']}: " if training.get("method") else ""
+        bar = _Progress(progress and rank == 0, len(mine), f"{who}{the_suite.name} on {info.name}")
         for _ in range(len(mine) - len(todo)):
             bar.advance()
         records = {i: done[i] for i in mine if i in done}
