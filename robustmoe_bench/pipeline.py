@@ -142,7 +142,7 @@ def _job_dissect(cfg: PipelineConfig, method: str, ckpt: str, sparse_ckpt: str |
         idir = out / "iou" / method
         if not (idir / "iou.json").exists():
             try:
-                r = iou_analysis(load_checkpoint(ckpt).model, load_checkpoint(sparse_ckpt).model, x, y, seed=cfg.seed)
+                r = iou_analysis(model, load_checkpoint(sparse_ckpt).model, x, y, seed=cfg.seed)
             except ConfigError as e:  # e.g. N*r != 1: no layer-by-layer match with the mask
                 _say(f"{method}: IoU skipped ({e})")
                 return res

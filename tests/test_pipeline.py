@@ -2,34 +2,20 @@
 leaderboard entries and the comparison table, with the numbers cross-checked between the outputs."""
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from robustmoe_bench.cli import run
-from robustmoe_bench.data import load_dataset
 from robustmoe_bench.leaderboard import validate_root
-
-
-def _idx(path: Path, magic: int, arr: np.ndarray) -> None:
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes())
+from helpers_data import write_fmnist_subset
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     """320 training and 96 test images of the real Fashion-MNIST, written as IDX files."""
-    root = tmp_path_factory.mktemp("fmnist-pipeline")
-    for split, (img, lab), n in (("train", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), 320),
-                                 ("test", ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), 96)):
-        ds = load_dataset("fashion-mnist", split)
-        _idx(root / f"{img}.gz", 2051, ds.images[:n, 0].numpy())
-        _idx(root / f"{lab}.gz", 2049, ds.labels[:n].numpy())
-    return root
+    return write_fmnist_subset(tmp_path_factory.mktemp("fmnist-pipeline"), 320, 96)
 
 
 def test_main_job_end_to_end_and_resume(tiny_root, tmp_path, capsys):

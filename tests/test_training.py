@@ -2,17 +2,14 @@
 two-process data-parallel training. Tiny models (resnet-tiny) on tiny IDX copies of Fashion-MNIST."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -25,27 +22,17 @@ from robustmoe_bench.training import TrainConfig, get_method, pgd_kl, train
 from robustmoe_bench.training.distributed import DistContext
 from robustmoe_bench.training.loop import _Data, _epoch_batches
 from robustmoe_bench.training.methods import StepContext, trades_step
+from helpers_data import write_fmnist_subset
 
 REPO = Path(__file__).resolve().parents[1]
 PY = str(REPO / ".venv" / "bin" / "python")
 TORCHRUN = str(REPO / ".venv" / "bin" / "torchrun")
 
 
-def _idx(path: Path, magic: int, arr: np.ndarray) -> None:
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     """512 training and 128 test images of the real Fashion-MNIST, written as IDX files."""
-    root = tmp_path_factory.mktemp("fmnist-tiny")
-    for split, (img, lab), n in (("train", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), 512),
-                                 ("test", ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), 128)):
-        ds = load_dataset("fashion-mnist", split)
-        _idx(root / f"{img}.gz", 2051, ds.images[:n, 0].numpy())
-        _idx(root / f"{lab}.gz", 2049, ds.labels[:n].numpy())
-    return root
+    return write_fmnist_subset(tmp_path_factory.mktemp("fmnist-tiny"), 512, 128)
 
 
 def tiny_cfg(root: Path, **kw) -> TrainConfig:

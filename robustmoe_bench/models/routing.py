@@ -119,6 +119,14 @@ def pair_groups(e_in: Tensor, e_out: Tensor, groups: int) -> list[tuple[int, int
     return [(k // groups, k % groups, idx) for k, idx in groups_of(key, groups * groups)]
 
 
+def _put_rows(out: Tensor, idxs: tuple[Tensor, ...], vals: tuple[Tensor | None, ...]) -> Tensor:
+    """Write ``vals[k]`` into rows ``idxs[k]`` of ``out`` (``None`` values are skipped); returns ``out``."""
+    for i, v in zip(idxs, vals):
+        if v is not None:
+            out[i] = v  # index_put: measured faster than index_copy_ on CPU
+    return out
+
+
 class _SplitRows(torch.autograd.Function):
     """Rows ``x[idx_k]`` for a partition ``idx_1..idx_K`` of the batch; backward writes every group's
     gradient into ONE full-size tensor (autograd's own index/slice backward would allocate and sum a
@@ -136,10 +144,7 @@ class _SplitRows(torch.autograd.Function):
         ref = next(g for g in grads if g is not None)
         covered = all(g is not None for g in grads)
         out = ref.new_empty(ctx.batch_shape) if covered else ref.new_zeros(ctx.batch_shape)
-        for i, g in zip(idxs, grads):
-            if g is not None:
-                out[i] = g
-        return (out,) + (None,) * len(idxs)
+        return (_put_rows(out, idxs, grads),) + (None,) * len(idxs)
 
 
 class _MergeRows(torch.autograd.Function):
@@ -149,10 +154,7 @@ class _MergeRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, batch: int, idxs: tuple[Tensor, ...], *vals: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(*idxs)
-        out = vals[0].new_empty((batch,) + tuple(vals[0].shape[1:]))
-        for i, v in zip(idxs, vals):
-            out[i] = v
-        return out
+        return _put_rows(vals[0].new_empty((batch,) + tuple(vals[0].shape[1:])), idxs, vals)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
