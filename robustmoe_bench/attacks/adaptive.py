@@ -45,7 +45,7 @@ def _moe_names(model: nn.Module) -> list[str]:
 
 
 def _is_shared(model: nn.Module) -> bool:
-    return getattr(model.spec, "router", "layer") == "shared"  # type: ignore[union-attr]
+    return bool(getattr(model, "shares_routing", False))
 
 
 @torch.no_grad()

@@ -96,6 +96,12 @@ class RoutedNet(nn.Module):
             if isinstance(m, RoutedConv2d):
                 m.layer_name = name
 
+    @property
+    def shares_routing(self) -> bool:
+        """True when one router network scores the image once and every MoE layer uses those scores
+        (so an input takes one expert index through the whole network)."""
+        return self.router is not None
+
     def moe_layers(self) -> list[tuple[str, RoutedConv2d]]:
         """MoE convolutions in execution order (= registration order for every backbone here)."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, RoutedConv2d) and m.role == "moe"]
