@@ -103,7 +103,10 @@ def _sniff(path: Path) -> int:
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(16)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # a pickle starts with PROTO (0x80) and a protocol number 2..5; a safetensors file with an 8-byte
+    # header length whose low byte is 0x80 looks alike, but has its JSON header's "{" at offset 8
+    pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and head[8:9] != b"{"
+    if head.startswith(b"PK\x03\x04") or pickled:
         raise CheckpointError(
             f"{path} is a pickle / torch.save archive; refusing to unpickle it (it could run code). "
             "robustmoe-bench checkpoints are safetensors files"

@@ -64,6 +64,19 @@ def test_a_pickle_with_a_payload_is_never_executed(tmp_path):
     assert not marker.exists()
 
 
+def test_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """A safetensors header length is little-endian: its first byte is 0x80 for 1 in 256 headers, as
+    a pickle's PROTO opcode is. Pad the training metadata until that happens; the file must load."""
+    model = create_model("resnet-tiny", kind="dense", dataset="fashion-mnist").eval()
+    for pad in range(300):
+        path = save_checkpoint(tmp_path / "c.pt", model, training={"note": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length whose first byte is 0x80")
+    assert load_checkpoint(path).training == {"note": "x" * pad}
+
+
 def test_truncated_and_foreign_files_give_exit_code_2(ckpt, tmp_path, capsys):
     path, _ = ckpt
     data = path.read_bytes()
