@@ -49,7 +49,8 @@ def make_masked_gradient_moe(eps: float = 0.1, n: int = 32, seed: int = 0) -> tu
     Returns ``(model in eval mode, x [n, 1, 28, 28], y [n])``.
     """
     g = torch.Generator().manual_seed(seed)
-    model = create_model("resnet-tiny", kind="moe", experts=2, scale=0.5, router="shared", dataset="fashion-mnist")
+    model = create_model("resnet-tiny", kind="moe", experts=2, scale=0.5, router="shared",
+                         layout="slice", ste="softmax", dataset="fashion-mnist")
     model.eval()
     _zero_all(model)
     body = model.body
@@ -111,7 +112,7 @@ def make_diverse_routing_moe(router: str = "shared", n: int = 32, spread: float 
     model = create_model("resnet-tiny", kind="moe", experts=2, router=router, dataset="fashion-mnist").eval()
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((n, 1, 28, 28), generator=g)
-    fcs = [model.router.fc] if router == "shared" else [m.router.fc for _, m in model.moe_layers()]
+    fcs = [model.router.fc] if model.shares_routing else [m.router.fc for _, m in model.moe_layers()]
     for i, fc in enumerate(fcs):
         with routing_trace(model) as tr:
             model(x)

@@ -49,7 +49,7 @@ def crafted_model() -> torch.nn.Module:
       whatever the routing (every block's main branch is zeroed by its BN; the signal runs through the
       stem and the shortcuts).
     """
-    spec = ModelSpec(arch="resnet-tiny", kind="moe", experts=2, scale=0.5, router="layer",
+    spec = ModelSpec(arch="resnet-tiny", kind="moe", experts=2, scale=0.5, router="layer", layout="slice", ste="softmax",
                      dataset="fashion-mnist", num_classes=10, input_shape=(1, 8, 8), mean=(0.0,), std=(1.0,))
     m = build_model(spec)
     body = m.body

@@ -41,9 +41,12 @@ def resnet_tiny_pathway(stem: int, w0: int, w1: int, sc_in: int | None = None) -
     }
 
 
-def layer_router_cost(experts: int, stem: int, w0: int, w1: int) -> int:
-    """GAP of each MoE layer's (active) input + linear from the full-width pooled input to N scores."""
-    full0, full1 = experts * w0, experts * w1
+def layer_router_cost(experts: int, stem: int, w0: int, w1: int, layout: str = "slice") -> int:
+    """GAP of each MoE layer's (active) input + linear from the pooled input to N scores.
+
+    Slice layout: the linear reads the full-width (N*w) input; compact layout: the w-channel input.
+    """
+    full0, full1 = (experts * w0, experts * w1) if layout == "slice" else (w0, w1)
     return (stem * H * H + stem * experts          # layers.0.conv1: input = dense stem output
             + w0 * H * H + full0 * experts          # layers.0.conv2
             + w0 * H * H + full0 * experts          # layers.1.conv1 (input at H before the stride)
@@ -79,17 +82,22 @@ def test_sdense_exact() -> None:
     assert g.router == 0.0
 
 
+@pytest.mark.parametrize("layout", ["slice", "compact"])
 @pytest.mark.parametrize("experts,scale,w0,w1", [(2, 0.5, 4, 8), (4, 0.25, 2, 4)])
-def test_moe_layer_router_exact(experts: int, scale: float, w0: int, w1: int) -> None:
-    m = model("moe", experts=experts, scale=scale, router="layer")
+def test_moe_layer_router_exact(experts: int, scale: float, w0: int, w1: int, layout: str) -> None:
+    m = model("moe", experts=experts, scale=scale, router="layer", layout=layout)
     x = torch.rand(6, 3, H, H)
     g = gflops(m, x)
     pathway = resnet_tiny_pathway(8, w0, w1)  # stem dense at full width; one expert per MoE layer
+    if layout == "compact":
+        # block0 maps the 8-channel dense stem to its w0-channel compact output: a 1x1 projection
+        pathway["body.layers.0.sc_conv"] = conv(w0, 8, 1, H)
+        pathway["body.layers.0.sc_bn"] = 2 * w0 * H * H
     conv_keys = [k for k in pathway if "conv" in k]
     for k in conv_keys:  # only the chosen expert's filters: Cout = expert width
         assert g.per_module[k] == pytest.approx(pathway[k] / 1e9, rel=1e-12), k
     assert g.pathway == pytest.approx(sum(pathway.values()) / 1e9, rel=1e-12)
-    assert g.router == pytest.approx(layer_router_cost(experts, 8, w0, w1) / 1e9, rel=1e-12)
+    assert g.router == pytest.approx(layer_router_cost(experts, 8, w0, w1, layout) / 1e9, rel=1e-12)
     assert g.total == pytest.approx(g.pathway + g.router, rel=1e-12)
     assert sum(g.per_module.values()) == pytest.approx(g.total, rel=1e-12)
     assert g.n_inputs == 6
@@ -99,7 +107,7 @@ def test_moe_layer_router_exact(experts: int, scale: float, w0: int, w1: int) ->
 
 
 def test_shared_router_cost_separate() -> None:
-    m = model("moe", router="shared")
+    m = model("moe", router="shared", layout="slice")
     g = gflops(m, torch.rand(3, 3, H, H))
     # shared router: conv 3->16 s2, BN, conv 16->32 s2, BN, GAP, linear 32->2
     h1, h2 = H // 2, H // 4

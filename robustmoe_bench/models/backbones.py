@@ -1,7 +1,11 @@
 """Backbone families, each written once against :class:`~.builder.LayerKind`.
 
 Every backbone maps a :class:`~.routing.Routed` image (already normalised) to logits ``[B, classes]``.
-MoE positions are the 3x3 convolutions inside the blocks; stems stay dense at full width.
+MoE positions are the 3x3 convolutions inside the blocks; stems stay dense. In the ``compact`` expert
+layout the MoE positions, stem widths and heads follow the paper's public code (ResNet: 64-channel
+stem, shared 1x1 shortcuts; Wide-ResNet: stem shrunk to r*16, routed 1x1 shortcuts; VGG-16: first conv
+shrunk to r*64, 2x2 average pool and a 256-256 MLP head; DenseNet-BC: both convs of a dense layer
+routed), so parameter counts and GFLOPs equal the public code's models (tests/test_paper_models.py).
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ class BasicBlock(nn.Module):
         self.conv2, self.bn2 = L.conv_moe(cout, cout, 3, 1), L.bn(cout)
         self.sc_conv = self.sc_bn = None
         if stride != 1 or cin != cout:
-            self.sc_conv, self.sc_bn = L.conv_follow(cin, cout, 1, stride, 0), L.bn(cout)
+            self.sc_conv, self.sc_bn = L.conv_follow(cin, cout, 1, stride, 0, compact_role="dense"), L.bn(cout)
 
     def forward(self, r: Routed) -> Routed:
         h = _relu(conv_bn(self.conv1, self.bn1, r))
@@ -106,14 +110,21 @@ def resnet_tiny(L: LayerKind, in_channels: int, num_classes: int, stem: str) -> 
 
 # --------------------------------------------------------------------------- Wide-ResNet (pre-activation)
 class WideBlock(nn.Module):
-    def __init__(self, L: LayerKind, cin: int, cout: int, stride: int) -> None:
+    """Pre-activation block. ``raw_projection``: where the block has a projection shortcut, its first conv
+    and the projection read the block's raw input instead of ``relu(bn1(input))`` (bn1 then unused):
+    what the paper's public code's Wide-ResNet MoE computes (set by ``compat="advmoe-public"`` so that
+    converted checkpoints give the same logits)."""
+
+    def __init__(self, L: LayerKind, cin: int, cout: int, stride: int, raw_projection: bool = False) -> None:
         super().__init__()
         self.bn1, self.conv1 = L.bn(cin), L.conv_moe(cin, cout, 3, stride)
         self.bn2, self.conv2 = L.bn(cout), L.conv_moe(cout, cout, 3, 1)
-        self.proj = L.conv_follow(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
+        self.proj = (L.conv_follow(cin, cout, 1, stride, 0, compact_role="moe")
+                     if (stride != 1 or cin != cout) else None)
+        self.raw_projection = raw_projection and self.proj is not None
 
     def forward(self, r: Routed) -> Routed:
-        o = _relu(self.bn1(r))
+        o = r if self.raw_projection else _relu(self.bn1(r))
         h = self.conv2(_relu(self.bn2(self.conv1(o))))
         s = r if self.proj is None else self.proj(o, out_expert=h.expert)
         return routed_add(h, s)
@@ -125,12 +136,13 @@ class WideResNet(nn.Module):
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"WRN depth must be 6n+4 (e.g. 16, 28, 34), got {depth}")
         n = (depth - 4) // 6
-        c = L.dense_width(16)
+        c = L.dense_width(16, moe_scaled=True)
         self.stem = Stem(L, in_channels, c, stem, post_act=False)
         layers = []
         for i, w in enumerate((16 * widen, 32 * widen, 64 * widen)):
             for j in range(n):
-                layers.append(WideBlock(L, c, L.width(w), 2 if (i > 0 and j == 0) else 1))
+                layers.append(WideBlock(L, c, L.width(w), 2 if (i > 0 and j == 0) else 1,
+                                        raw_projection=L.compat == "advmoe-public" and L.kind == "moe"))
                 c = L.width(w)
         self.layers = nn.ModuleList(layers)
         self.bn = L.bn(c)
@@ -159,11 +171,17 @@ for _d, _w in ((28, 10), (34, 10), (34, 20), (70, 16), (16, 4), (16, 8)):
 
 
 # --------------------------------------------------------------------------- VGG-16 with batch norm
-VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+#: VGG-16's convolutions as the public code builds them: four max-pools (a 32x32 input ends at 2x2)
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
 
 class VGG(nn.Module):
-    def __init__(self, L: LayerKind, in_channels: int, num_classes: int, stem: str, cfg: tuple = VGG16) -> None:
+    """VGG with batch norm. ``head="mlp"``: 2x2 adaptive average pool, then linear -> 256 -> 256 ->
+    classes with ReLUs (the public code's head, for every input size); ``head="linear"``: global average
+    pool and one linear layer."""
+
+    def __init__(self, L: LayerKind, in_channels: int, num_classes: int, stem: str, cfg: tuple = VGG16,
+                 head: str = "mlp") -> None:
         super().__init__()
         convs, bns, self.plan = [], [], []
         c = None
@@ -171,8 +189,8 @@ class VGG(nn.Module):
             if v == "M":
                 self.plan.append("M")
                 continue
-            if c is None:  # the first conv is the stem: dense, full width
-                out = L.dense_width(v)
+            if c is None:  # the first conv is the stem: dense (the compact MoE shrinks it, as the public code)
+                out = L.dense_width(v, moe_scaled=True)
                 convs.append(L.conv(in_channels, out, 3, 1, 1))
             else:
                 out = L.width(v)
@@ -181,11 +199,11 @@ class VGG(nn.Module):
             self.plan.append("C")
             c = out
         self.convs, self.bns = nn.ModuleList(convs), nn.ModuleList(bns)
-        self.imagenet = stem == "imagenet"
-        if self.imagenet:
-            self.fc1 = L.linear(c * 49, 4096)
-            self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, 4096),
-                                      nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, num_classes))
+        self.mlp = head == "mlp"
+        if self.mlp:
+            self.fc1 = L.linear(c * 4, 256)
+            self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(256, 256), nn.ReLU(inplace=True),
+                                      nn.Linear(256, num_classes))
         else:
             self.fc1 = L.linear(c, num_classes)
             self.head = nn.Identity()
@@ -198,16 +216,13 @@ class VGG(nn.Module):
             else:
                 r = _relu(conv_bn(self.convs[i], self.bns[i], r))
                 i += 1
-        if self.imagenet:
-            r = flatten(r.apply(lambda x: F.adaptive_avg_pool2d(x, 7)))
-        else:
-            r = _gap(r)
+        r = flatten(r.apply(lambda x: F.adaptive_avg_pool2d(x, 2))) if self.mlp else _gap(r)
         return self.head(self.fc1(r))
 
 
 @ARCHITECTURES.register("vgg16-bn")
 def vgg16_bn(L: LayerKind, in_channels: int, num_classes: int, stem: str) -> nn.Module:
-    """VGG-16 with batch norm (512-unit linear head for small inputs, 4096-4096 head for ImageNet)."""
+    """VGG-16 with batch norm and the public code's head (2x2 average pool, 256-256 MLP)."""
     return VGG(L, in_channels, num_classes, stem)
 
 
@@ -215,7 +230,7 @@ def vgg16_bn(L: LayerKind, in_channels: int, num_classes: int, stem: str) -> nn.
 class DenseLayer(nn.Module):
     def __init__(self, L: LayerKind, cin: int, growth: int, bottleneck: int) -> None:
         super().__init__()
-        self.bn1, self.conv1 = L.bn(cin), L.conv(cin, bottleneck, 1, 1, 0)
+        self.bn1, self.conv1 = L.bn(cin), L.conv_moe(cin, bottleneck, 1, 1, 0, slice_role="dense")
         self.bn2, self.conv2 = L.bn(bottleneck), L.conv_moe(bottleneck, growth, 3, 1, 1)
 
     def forward(self, r: Routed) -> Routed:
@@ -233,12 +248,17 @@ class Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
+    """DenseNet-BC (bottleneck 4 x growth, compression 0.5)."""
+
     def __init__(self, L: LayerKind, in_channels: int, num_classes: int, stem: str,
-                 blocks: tuple[int, ...] = (6, 12, 24, 16), growth: int = 32, init: int = 64) -> None:
+                 blocks: tuple[int, ...] = (6, 6, 6), growth: int = 12, init: int = 24) -> None:
         super().__init__()
         c = L.dense_width(init)
         self.stem = Stem(L, in_channels, c, stem, post_act=False)
-        g, bw = L.width(growth), L.dense_width(4 * growth)
+        g = L.width(growth)
+        # bottleneck: 4 x the growth one input meets (S-Dense and compact MoE: 4 * int(r*growth), as the
+        # public code builds it); the slice MoE and Sparse keep the Dense bottleneck
+        bw = 4 * (g if (L.kind == "sdense" or L.compact) else growth)
         stages: list[nn.Module] = []
         for i, n in enumerate(blocks):
             layers = nn.ModuleList()
@@ -266,8 +286,14 @@ class DenseNet(nn.Module):
 
 @ARCHITECTURES.register("densenet")
 def densenet(L: LayerKind, in_channels: int, num_classes: int, stem: str) -> nn.Module:
+    """DenseNet-BC-40 (growth 12, 3 blocks of 6 layers): the paper's DenseNet; 7x7 stem for ImageNet."""
+    return DenseNet(L, in_channels, num_classes, stem, blocks=(6, 6, 6), growth=12, init=24)
+
+
+@ARCHITECTURES.register("densenet121")
+def densenet121(L: LayerKind, in_channels: int, num_classes: int, stem: str) -> nn.Module:
     """DenseNet-121-BC (growth 32); 3x3 stem for small inputs, 7x7 stem + max-pool for ImageNet."""
-    return DenseNet(L, in_channels, num_classes, stem)
+    return DenseNet(L, in_channels, num_classes, stem, blocks=(6, 12, 24, 16), growth=32, init=64)
 
 
 @ARCHITECTURES.register("densenet-mini")
@@ -279,4 +305,4 @@ def densenet_mini(L: LayerKind, in_channels: int, num_classes: int, stem: str) -
 @ARCHITECTURES.register("vgg-mini")
 def vgg_mini(L: LayerKind, in_channels: int, num_classes: int, stem: str) -> nn.Module:
     """Small VGG-style net (16-32-M-64-M) for tests and CPU runs."""
-    return VGG(L, in_channels, num_classes, "cifar", cfg=(16, 32, "M", 64, "M"))
+    return VGG(L, in_channels, num_classes, "cifar", cfg=(16, 32, "M", 64, "M"), head="linear")

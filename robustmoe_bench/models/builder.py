@@ -1,16 +1,25 @@
 """The "layer kind" choice: one object that every backbone asks for its layers, so Dense, S-Dense,
 Sparse and MoE come from the same backbone definition.
 
-Widths (paper setup, C = the Dense width of a layer, r = scale, N = experts):
+Widths (paper setup, C = the Dense width of a layer, r = scale, N = experts, ``slim(C) = int(r*C)``
+as in the paper's public code):
 
-=========  ==============  ===========================  =============================
-kind       stem width      MoE-position conv width      per-input active width
-=========  ==============  ===========================  =============================
-dense      C               C                            C
-sdense     round(r*C)      round(r*C)                   round(r*C)
-sparse     C               C, top round(r*C) kept        round(r*C)
-moe        C (dense)       N * round(r*C)               round(r*C) (one expert)
-=========  ==============  ===========================  =============================
+===========  ================  ===========================  =====================  ===================
+kind         stem width        MoE-position conv            activation after it    per-input width
+===========  ================  ===========================  =====================  ===================
+dense        C                 C                            C                      C
+sdense       slim(C)           slim(C)                      slim(C)                slim(C)
+sparse       C                 C, top slim(C) kept          C (masked)             slim(C)
+moe compact  C (*)             N experts of slim(C) rows    slim(C) (chosen one)   slim(C)
+moe slice    C                 N * slim(C), sliced          N * slim(C) (sliced)   slim(C)
+===========  ================  ===========================  =====================  ===================
+
+(*) Where the public code shrinks a stem in its MoE model (Wide-ResNet's first conv, VGG's first conv),
+the compact MoE does too: the backbone asks for ``dense_width(C, moe_scaled=True)``.
+
+Which convolutions are MoE layers also follows the public code in the compact layout: the backbone
+says, per conv, what it is in each layout (``conv_moe(..., slice_role=...)``, ``conv_follow(...,
+compact_role=...)``).
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .layers import RoutedBatchNorm2d, RoutedConv2d, RoutedLinear
+from .layers import LAYOUTS, STE_DESIGNS, RoutedBatchNorm2d, RoutedConv2d, RoutedLinear
 
 KINDS: Registry[str] = Registry("model kind")
 KINDS.register("dense", "the original CNN, width C per layer")
@@ -28,17 +37,43 @@ KINDS.register("moe", "N experts of r*C channels per MoE layer; a router picks o
 
 ROUTERS: Registry[str] = Registry("router design")
 ROUTERS.register("layer", "one gate per MoE layer: GAP of the layer input -> linear -> N scores")
-ROUTERS.register("shared", "one small CNN on the image; its N scores drive every MoE layer")
+ROUTERS.register("shared", "one small CNN on the image (2 convs); its N scores drive every MoE layer")
+ROUTERS.register("resnet", "the paper's public code's router: a ResNet (3x3 blocks, 16-32-64) on the image; "
+                           "its N scores drive every MoE layer")
+
+EXPERT_LAYOUTS: Registry[str] = Registry("expert layout")
+EXPERT_LAYOUTS.register("compact", "the public code's: each expert a block of conv rows; the chosen expert's "
+                                   "r*C channels kept compactly; BN, shortcuts and classifier shared")
+EXPERT_LAYOUTS.register("slice", "experts are channel slices of the Dense conv (weight blocks W[e_out, e_in]); "
+                                 "per-slice BN")
+assert set(EXPERT_LAYOUTS.names()) == set(LAYOUTS)
+
+STES: Registry[str] = Registry("straight-through estimator")
+STES.register("identity", "the public code's: the chosen router score gets the gate's gradient unchanged")
+STES.register("softmax", "the chosen score's softmax probability carries the gate's gradient")
+assert set(STES.names()) == set(STE_DESIGNS)
+
+
+COMPAT = ("", "advmoe-public")
+
+
+def slim(scale: float, c: int) -> int:
+    """``int(r * C)`` (at least 1), the width rule of the paper's public code."""
+    return max(1, int(scale * c + 1e-9))
 
 
 @dataclass(frozen=True)
 class LayerKind:
-    """Layer factory for one model kind. ``experts``/``router`` matter for ``moe`` only."""
+    """Layer factory for one model kind. ``experts``/``router``/``layout`` matter for ``moe`` only."""
 
     kind: str = "dense"
     experts: int = 2
     scale: float = 0.5
-    router: str = "layer"
+    router: str = "resnet"
+    layout: str = "compact"
+    #: "advmoe-public": reproduce the public code's computation where it differs from the textbook
+    #: model (today: its Wide-ResNet MoE block, see backbones.WideBlock); "" otherwise
+    compat: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -50,41 +85,63 @@ class LayerKind:
                 raise ConfigError(f"an MoE model needs at least 2 experts, got {self.experts}")
             if self.router not in ROUTERS:
                 raise ConfigError(f"unknown router design {self.router!r}; known: {', '.join(ROUTERS.names())}")
+            if self.layout not in EXPERT_LAYOUTS:
+                raise ConfigError(f"unknown expert layout {self.layout!r}; known: {', '.join(EXPERT_LAYOUTS.names())}")
+        if self.compat not in COMPAT:
+            raise ConfigError(f"unknown compat mode {self.compat!r}; known: {', '.join(repr(c) for c in COMPAT)}")
+
+    @property
+    def compact(self) -> bool:
+        return self.kind == "moe" and self.layout == "compact"
 
     @property
     def groups(self) -> int:
-        return self.experts if self.kind == "moe" else 1
+        """Slices of a routed activation: N for a slice-layout MoE, else 1."""
+        return self.experts if (self.kind == "moe" and not self.compact) else 1
 
     def slim(self, c: int) -> int:
-        return max(1, int(round(self.scale * c)))
+        return slim(self.scale, c)
 
-    def dense_width(self, c: int) -> int:
-        """Width of a dense-only layer (stem, VGG's first conv, DenseNet bottlenecks)."""
-        return self.slim(c) if self.kind == "sdense" else c
+    def dense_width(self, c: int, moe_scaled: bool = False) -> int:
+        """Width of a dense-only layer (stem, VGG's first conv, DenseNet bottlenecks and transitions).
+        ``moe_scaled``: the compact MoE shrinks this layer too (as the public code does)."""
+        return self.slim(c) if (self.kind == "sdense" or (moe_scaled and self.compact)) else c
 
     def width(self, c: int) -> int:
-        """Full width of a layer at an MoE position (and of the feature maps it produces)."""
-        if self.kind == "sdense":
+        """Activation width after an MoE-position layer (compact MoE: one expert's width; slice MoE:
+        the full width, all slices)."""
+        if self.kind == "sdense" or self.compact:
             return self.slim(c)
         if self.kind == "moe":
             return self.experts * self.slim(c)
         return c
 
-    def conv_moe(self, cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None) -> RoutedConv2d:
-        """A conv at an MoE position (the 3x3 convs inside the blocks); ``cout`` already from :meth:`width`."""
-        if self.kind == "moe":
-            return RoutedConv2d(cin, cout, k, stride, padding, experts=self.experts, role="moe", router=self.router)
-        keep = self.slim(cout) if self.kind == "sparse" else None
-        return RoutedConv2d(cin, cout, k, stride, padding, mask_keep=keep)
+    def _moe(self, cin: int, cout: int, k: int, stride: int, padding: int | None) -> RoutedConv2d:
+        return RoutedConv2d(cin, cout, k, stride, padding, experts=self.experts, role="moe", router=self.router,
+                            layout=self.layout)
 
-    def conv_follow(self, cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None) -> RoutedConv2d:
-        """A conv whose output lies on the slice of the branch it joins (projection shortcuts)."""
-        if self.kind == "moe":
+    def conv_moe(self, cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None, *,
+                 slice_role: str = "moe") -> RoutedConv2d:
+        """A conv at an MoE position; ``cout`` already from :meth:`width`. ``slice_role="dense"``: an MoE
+        layer in the compact layout only (e.g. DenseNet's 1x1 bottleneck, routed by the public code)."""
+        if self.kind == "moe" and (self.compact or slice_role == "moe"):
+            return self._moe(cin, cout, k, stride, padding)
+        keep = self.slim(cout) if (self.kind == "sparse" and slice_role == "moe") else None
+        return RoutedConv2d(cin, cout, k, stride, padding, experts=self.groups, mask_keep=keep)
+
+    def conv_follow(self, cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None, *,
+                    compact_role: str = "dense") -> RoutedConv2d:
+        """A projection shortcut. Slice layout: output on the slice of the branch it joins. Compact
+        layout: ``compact_role`` -- a conv shared by all experts (``dense``, ResNet in the public code)
+        or an MoE layer of its own (``moe``, Wide-ResNet in the public code)."""
+        if self.kind == "moe" and not self.compact:
             return RoutedConv2d(cin, cout, k, stride, padding, experts=self.experts, role="follow")
+        if self.compact and compact_role == "moe":
+            return self._moe(cin, cout, k, stride, padding)
         return RoutedConv2d(cin, cout, k, stride, padding)
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None) -> RoutedConv2d:
-        """An ordinary dense conv (stem, DenseNet bottlenecks and transitions)."""
+        """An ordinary dense conv (stem, DenseNet transitions)."""
         return RoutedConv2d(cin, cout, k, stride, padding, experts=self.groups)
 
     def bn(self, c: int) -> RoutedBatchNorm2d:

@@ -16,8 +16,15 @@ from ..config import from_dict
 from ..errors import ConfigError
 from .backbones import ARCHITECTURES, WRN_PATTERN, wide_resnet
 from .builder import KINDS, LayerKind
-from .layers import RoutedConv2d, SharedRouter
+from .layers import STE_DESIGNS, ResNetRouter, RoutedConv2d, SharedRouter
+
+#: router designs that run one network on the image and drive every MoE layer with its scores
+SHARED_ROUTERS = {"shared": SharedRouter, "resnet": ResNetRouter}
 from .routing import EXECUTIONS, Routed, RoutingContext
+
+
+#: values of fields a model spec did not have before they were added
+LEGACY_DEFAULTS = {"layout": "slice", "ste": "softmax"}
 
 
 @dataclass(frozen=True)
@@ -28,13 +35,16 @@ class ModelSpec:
     kind: str = "dense"
     experts: int = 2
     scale: float = 0.5
-    router: str = "layer"
+    router: str = "resnet"
     dataset: str = "cifar10"
     num_classes: int = 10
     input_shape: tuple[int, int, int] = (3, 32, 32)
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     stem: str = "cifar"
+    layout: str = "compact"
+    ste: str = "identity"
+    compat: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -45,6 +55,10 @@ class ModelSpec:
         for k in ("input_shape", "mean", "std"):
             if k in d:
                 d[k] = tuple(d[k])
+        # checkpoints written before the compact layout existed hold slice-layout models trained with
+        # the softmax straight-through estimator
+        for k, legacy in LEGACY_DEFAULTS.items():
+            d.setdefault(k, legacy)
         return from_dict(cls, d, what="model spec")
 
     @property
@@ -54,7 +68,7 @@ class ModelSpec:
     def describe(self) -> str:
         s = f"{self.arch} {self.kind}"
         if self.kind == "moe":
-            s += f" (N={self.experts}, r={self.scale:g}, router={self.router})"
+            s += f" (N={self.experts}, r={self.scale:g}, router={self.router}, layout={self.layout})"
         elif self.kind in ("sdense", "sparse"):
             s += f" (r={self.scale:g})"
         return s + f" on {self.dataset}"
@@ -82,9 +96,14 @@ class RoutedNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        L = LayerKind(spec.kind, spec.experts, spec.scale, spec.router)
+        if spec.ste not in STE_DESIGNS:
+            raise ConfigError(f"unknown straight-through estimator {spec.ste!r}; known: {', '.join(STE_DESIGNS)}")
+        L = LayerKind(spec.kind, spec.experts, spec.scale, spec.router, spec.layout, spec.compat)
+        self._groups = L.groups
         self.body = _architecture(spec.arch)(L, spec.input_shape[0], spec.num_classes, spec.stem)
-        self.router = SharedRouter(spec.input_shape[0], spec.experts) if (spec.is_moe and spec.router == "shared") else None
+        self.router: nn.Module | None = None
+        if spec.is_moe and spec.router in SHARED_ROUTERS:
+            self.router = SHARED_ROUTERS[spec.router](spec.input_shape[0], spec.experts)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.execution = "sparse"
@@ -121,12 +140,17 @@ class RoutedNet(nn.Module):
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}")
         xn = (x - self.mean) / self.std
-        ctx = RoutingContext(self.execution, None, None, self._forced, self.fold_bn)
+        ctx = RoutingContext(self.execution, None, None, self._forced, self.fold_bn, ste=self.spec.ste)
         if self._trace is not None:
             ctx.trace = []
         if self.router is not None:
             ctx.shared_logits = self.router(xn)
-        out = self.body(Routed(xn, None, xn.shape[1], self.spec.experts if self.spec.is_moe else 1, ctx))
+        out = self.body(Routed(xn, None, xn.shape[1], self._groups, ctx))
+        if ctx.traced_scores:
+            # The routers' scores steer which expert runs through Python-level dispatch only, so a
+            # traced graph (fvcore FLOP counting) would drop the routers as dead code. A zero-valued
+            # dependency keeps them (element-wise ops are not counted; eager forwards never get here).
+            out = out + 0.0 * sum(s.sum() for s in ctx.traced_scores)
         if self._trace is not None:
             self._trace.append(ctx.trace)
         return out
@@ -138,26 +162,31 @@ def create_model(
     *,
     experts: int = 2,
     scale: float = 0.5,
-    router: str = "layer",
+    router: str = "resnet",
     dataset: str = "cifar10",
     num_classes: int | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    layout: str = "compact",
+    ste: str = "identity",
+    compat: str = "",
 ) -> RoutedNet:
     """Build a model by architecture name and kind.
 
-    Example: ``create_model("resnet18", kind="moe", experts=2, scale=0.5, router="layer", dataset="cifar10")``.
-    ``dataset`` supplies classes, input shape, normalisation and stem unless given explicitly.
+    Example: ``create_model("resnet18", kind="moe", experts=2, scale=0.5, dataset="cifar10")`` -- the
+    paper's MoE-CNN (compact experts, the ``resnet`` router network, the identity straight-through
+    estimator). ``dataset`` supplies classes, input shape, normalisation and stem unless given explicitly.
     """
     from ..data import get_dataset_info
 
     info = get_dataset_info(dataset)
     shape = tuple(input_shape) if input_shape is not None else tuple(info.input_shape)
     _architecture(name)  # fail early with the list of known names
-    LayerKind(kind, experts, scale, router)  # validates kind / experts / scale / router
+    LayerKind(kind, experts, scale, router, layout, compat)  # validates kind / experts / scale / router / layout
     spec = ModelSpec(
         arch=name, kind=kind, experts=int(experts), scale=float(scale), router=router, dataset=dataset,
         num_classes=int(num_classes or info.num_classes), input_shape=shape,  # type: ignore[arg-type]
         mean=tuple(info.mean), std=tuple(info.std), stem="imagenet" if shape[1] >= 128 else "cifar",
+        layout=layout, ste=ste, compat=compat,
     )
     return build_model(spec)
 

@@ -4,19 +4,30 @@ residual add, classifier, routers, and the Hydra channel mask.
 Every backbone is written with these layers only, so Dense, S-Dense, Sparse and MoE share one code
 path (see :mod:`robustmoe_bench.models.routing` for the activation layout).
 
-Routing semantics (exact in both executions):
+Two expert layouts (``LAYOUTS``):
 
-* An MoE conv has weight ``[C_out, C_in, k, k]`` split into ``N`` output slices (the experts). An input
-  that arrives on slice ``e_in`` and is routed to expert ``e_out`` uses the block
-  ``W[e_out slice, e_in slice]``: exactly what "compute every expert on the masked input, then mask the
-  output" computes, but without the wasted work.
-* Straight-through routing: the forward pass uses the hard argmax; the chosen expert's output is
-  multiplied by a gate whose value is 1 and whose gradient is that of ``softmax(logits)[chosen]``, so
-  the router is trained by the gradient of the one-hot's active entry. Computing that gradient needs
-  only the chosen expert, which keeps training sparse too.
-* Batch norm after an MoE conv keeps per-channel statistics over the inputs that use that channel.
-* A residual add keeps the layout of its main branch; the shortcut contributes its channels that lie
-  on the main branch's slice (an identity shortcut from another expert's slice contributes zero).
+* ``compact`` (the paper's public code): an MoE conv with ``N`` experts of width ``w`` holds a weight
+  ``[N*w, C_in, k, k]``; expert ``e`` is the rows ``[e*w, (e+1)*w)``. Its output keeps only the chosen
+  expert's ``w`` channels, compactly, so every later layer (batch norm, the next MoE conv, 1x1
+  shortcuts, the classifier) reads the same ``w``-channel tensor whichever expert produced it, and is
+  shared by all experts. Activations are never "on a slice": a residual add is an ordinary add.
+* ``slice``: an MoE conv has weight ``[C_out, C_in, k, k]`` split into ``N`` output slices (the
+  experts). An input that arrives on slice ``e_in`` and is routed to expert ``e_out`` uses the block
+  ``W[e_out slice, e_in slice]``: exactly what "compute every expert on the masked input, then mask
+  the output" computes, but without the wasted work. Batch norm after it keeps per-channel statistics
+  over the inputs that use that channel.
+
+Routing semantics (exact in both executions, sparse and masked):
+
+* Straight-through routing (``STE_DESIGNS``): the forward pass uses the hard argmax; the chosen
+  expert's output is multiplied by a gate whose value is exactly 1. ``identity`` (the public code's
+  estimator, the default) gives the chosen router score the gradient of that gate unchanged
+  (``d gate / d score_chosen = 1``, the other scores get none); ``softmax`` gives the scores the gradient
+  of ``softmax(scores)[chosen]``. Either needs only the chosen expert, which keeps training sparse too.
+* A residual add never drops its identity shortcut. In ``compact`` it is a plain add. In ``slice`` the
+  shortcut's active channels are moved onto the main branch's slice (channel ``j`` of the input's
+  slice is added to channel ``j`` of the output's slice), so the residual stream follows the routing;
+  a dense shortcut (e.g. the stem's output) contributes its channels that lie on the main slice.
 """
 from __future__ import annotations
 
@@ -41,6 +52,10 @@ from .routing import (
 )
 
 ROLES = ("dense", "moe", "follow")
+LAYOUTS = ("compact", "slice")
+#: straight-through estimators of the hard argmax: the chosen score gets the gate's gradient unchanged
+#: (``identity``, the paper's public code) or through ``softmax(scores)[chosen]`` (``softmax``)
+STE_DESIGNS = ("identity", "softmax")
 
 
 class GateRouter(nn.Module):
@@ -86,6 +101,55 @@ class SharedRouter(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``[B, C, H, W]`` -> logits ``[B, N]``."""
         return self.fc(self.features(x))
+
+
+class _OptionABlock(nn.Module):
+    """Basic residual block whose shortcut, when the shape changes, subsamples and zero-pads channels
+    (no parameters: "option A" of He et al., 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        sc = x
+        if self.stride != 1 or self.pad:
+            sc = x[:, :, ::self.stride, ::self.stride] if self.stride != 1 else x
+            sc = F.pad(sc, (0, 0, 0, 0, self.pad // 2, (self.pad + 1) // 2))
+        return F.relu(out + sc)
+
+
+class ResNetRouter(nn.Module):
+    """``resnet`` router: the router network of the paper's public code, a small CIFAR-style ResNet on
+    the (normalised) image -- a 3x3 conv to 16 channels, three stages of ``blocks`` basic blocks
+    (16, 32, 64 channels; strides 1, 2, 2; parameter-free shortcuts), global average pool, linear -> N.
+    Run once per forward; every MoE layer uses its scores."""
+
+    def __init__(self, in_channels: int, experts: int, blocks: int = 3, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        c = widths[0]
+        stages = []
+        for i, w in enumerate(widths):
+            layers = []
+            for j in range(blocks):
+                layers.append(_OptionABlock(c, w, 2 if (i > 0 and j == 0) else 1))
+                c = w
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(c, experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``[B, C, H, W]`` -> logits ``[B, N]``."""
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.layer3(self.layer2(self.layer1(h)))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
 class ChannelMask(nn.Module):
@@ -171,21 +235,35 @@ def _select(logits: Tensor, r: Routed, name: str) -> tuple[Tensor, Tensor | None
         gate = None
     else:
         expert = logits.argmax(dim=1)
-        p = torch.softmax(logits, dim=1)
-        p_sel = p.gather(1, expert[:, None]).squeeze(1)
-        ste = (p_sel - p_sel.detach()) + 1.0  # exactly 1 in value (p - p = 0), gradient of p
+        if ctx.ste == "softmax":
+            src = torch.softmax(logits, dim=1)
+        elif ctx.ste == "identity":
+            src = logits
+        else:
+            raise ValueError(f"unknown straight-through estimator {ctx.ste!r}; known: {', '.join(STE_DESIGNS)}")
+        s_sel = src.gather(1, expert[:, None]).squeeze(1)
+        ste = (s_sel - s_sel.detach()) + 1.0  # exactly 1 in value (s - s = 0), gradient of s
         gate = ste if ctx.execution == "sparse" else F.one_hot(expert, n).to(logits.dtype) * ste[:, None]
     if ctx.trace is not None:
         ctx.trace.append(LayerRecord(name, expert, logits))
+    if torch.jit.is_tracing():
+        ctx.traced_scores.append(logits)
     return expert, gate
 
 
 class RoutedConv2d(nn.Module):
     """Convolution on routed activations.
 
-    ``role``: ``dense`` (ordinary conv; output dense), ``moe`` (routes its output to one of ``experts``
-    slices, with a ``layer`` or ``shared`` router), ``follow`` (output on a slice given by the caller,
-    e.g. a projection shortcut following its block's expert). No bias (every conv is followed by BN).
+    ``role``: ``dense`` (ordinary conv; output dense), ``moe`` (routes each input to one of ``experts``
+    experts, with a ``layer`` gate or the model's one router network), ``follow`` (``slice`` layout only:
+    output on a slice given by the caller, e.g. a projection shortcut following its block's expert).
+    No bias (every conv is followed by BN).
+
+    ``layout`` (``moe`` role): ``slice`` -- ``out_channels`` is the full width, split into ``experts``
+    slices; ``compact`` -- ``out_channels`` is ONE expert's width ``w``, the weight holds ``experts * w``
+    rows, and the output is the chosen expert's ``w`` channels (a dense activation). Either way
+    :attr:`out_channels` afterwards is the number of weight rows (all experts) and :attr:`expert_width`
+    the channels one expert computes.
     """
 
     def __init__(
@@ -200,22 +278,36 @@ class RoutedConv2d(nn.Module):
         role: str = "dense",
         router: str | None = None,
         mask_keep: int | None = None,
+        layout: str = "slice",
     ) -> None:
         super().__init__()
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
-        if role in ("moe", "follow") and out_channels % experts:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.compact = role == "moe" and layout == "compact"
+        if role == "follow" and layout == "compact":
+            raise ValueError("a 'follow' conv exists only in the slice layout")
+        if self.compact:
+            out_channels *= experts  # one row block per expert
+        elif role in ("moe", "follow") and out_channels % experts:
             raise ValueError(f"{out_channels} output channels do not split into {experts} experts")
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.expert_width = out_channels // experts if role in ("moe", "follow") else out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = kernel_size // 2 if padding is None else padding
         self.experts, self.role, self.router_design = experts, role, router
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        # fan_out of ONE expert's conv (the conv an input actually meets), as for the Dense layer
+        fan_out = self.expert_width * kernel_size * kernel_size if self.compact else None
+        if fan_out is None:
+            nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            nn.init.normal_(self.weight, std=math.sqrt(2.0 / fan_out))
         self.router: GateRouter | None = None
         if role == "moe":
-            if router not in ("layer", "shared"):
-                raise ValueError(f"router must be 'layer' or 'shared', got {router!r}")
+            if router not in ("layer", "shared", "resnet"):
+                raise ValueError(f"router must be 'layer', 'shared' or 'resnet', got {router!r}")
             if router == "layer":
                 self.router = GateRouter(in_channels, experts)
         self.channel_mask = ChannelMask(out_channels, mask_keep) if mask_keep is not None else None
@@ -225,6 +317,7 @@ class RoutedConv2d(nn.Module):
         s = f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, role={self.role}"
         if self.role == "moe":
             s += f", experts={self.experts}, router={self.router_design}"
+            s += f", layout={'compact' if self.compact else 'slice'}"
         if self.channel_mask is not None:
             s += f", keep={self.channel_mask.keep}"
         return s
@@ -256,6 +349,8 @@ class RoutedConv2d(nn.Module):
         else:
             e_out = None
         n = self.experts
+        if self.compact:
+            return self._forward_compact(r, e_out, gate, bn)
         groups_out = n if e_out is not None else r.groups
 
         if ctx.execution == "masked":
@@ -321,6 +416,44 @@ class RoutedConv2d(nn.Module):
         if self.channel_mask is not None and not fold:
             y = self.channel_mask(y)
         out = Routed(y, e_out, self.out_channels, groups_out, ctx)
+        return out if (bn is None or fold) else bn(out)
+
+
+    def _forward_compact(self, r: Routed, e_out: Tensor, gate: Tensor | None,
+                         bn: "RoutedBatchNorm2d | None") -> Routed:
+        """``compact`` layout: dense ``[B, C_in, H, W]`` -> the chosen expert's ``[B, w, H, W]`` (dense)."""
+        ctx, n, w = r.ctx, self.experts, self.expert_width
+        if r.expert is not None:
+            raise RuntimeError("a compact MoE conv reads a dense activation (no slices in the compact layout)")
+        if ctx.execution == "masked":
+            # the naive reference (what the public code does): every expert, then keep the chosen one
+            y = self._conv(r.x, self.weight)
+            m = channel_mask(e_out, self.out_channels, n, y.dtype) if gate is None else gate.repeat_interleave(w, dim=1)
+            out = Routed(gather_slices(y * expand_mask(m, y), e_out, n), None, w, 1, ctx)
+            return out if bn is None else bn(out)
+        fold = bn is not None and bn.foldable(ctx)
+        scale = shift = None
+        if fold:
+            assert bn is not None
+            scale, shift = bn.eval_affine()  # [w]: the batch norm is shared by every expert
+        gate_grad = gate is not None and gate.requires_grad
+        groups = groups_of(e_out, n)
+        xs = split_rows(r.x, [idx for _, idx in groups])
+        parts = []
+        for (e, idx), xg in zip(groups, xs):
+            wb = self.weight[e * w:(e + 1) * w]
+            if not fold:
+                parts.append((idx, self._conv(xg, wb)))
+                continue
+            wb = wb * scale.view(-1, 1, 1, 1)  # type: ignore[union-attr]
+            if not gate_grad:
+                parts.append((idx, F.conv2d(xg, wb, shift, self.stride, self.padding)))
+            else:  # the gate multiplies the conv output before the shift, as it does before BN
+                parts.append((idx, apply_gate(self._conv(xg, wb), gate[idx]) + shift.view(1, -1, 1, 1)))  # type: ignore[index,union-attr]
+        y = merge_rows(parts, r.x.shape[0])
+        if gate_grad and not fold:
+            y = apply_gate(y, gate)  # type: ignore[arg-type]
+        out = Routed(y, None, w, 1, ctx)
         return out if (bn is None or fold) else bn(out)
 
 
@@ -416,18 +549,27 @@ class RoutedLinear(nn.Linear):
 
 
 def routed_add(main: Routed, shortcut: Routed) -> Routed:
-    """Residual add in ``main``'s layout: the shortcut's channels on ``main``'s slice are added."""
+    """Residual add in ``main``'s layout; the identity shortcut is never dropped.
+
+    A routed shortcut (on slice ``e_in``) is moved onto ``main``'s slice ``e_out``: its channel ``j``
+    is added to ``main``'s channel ``j`` (in sparse execution both are the same compact ``[B, w, ...]``
+    tensor layout, so this is a plain add). A dense shortcut contributes its channels on ``main``'s
+    slice. (With an input on expert 0 and a block output on expert 1, an add that kept the channels in
+    place would add nothing at all: the block would lose its residual.)
+    """
     if main.full != shortcut.full:
         raise RuntimeError(f"residual add of {main.full} and {shortcut.full} channels")
     if main.expert is None:
         return main.with_x(main.x + shortcut.to_full())
     if main.ctx.execution == "masked":
-        m = channel_mask(main.expert, main.full, main.groups, main.x.dtype)
-        return main.with_x(main.x + shortcut.x * expand_mask(m, main.x))
+        if shortcut.expert is None:
+            m = channel_mask(main.expert, main.full, main.groups, main.x.dtype)
+            return main.with_x(main.x + shortcut.x * expand_mask(m, main.x))
+        moved = scatter_slices(gather_slices(shortcut.x, shortcut.expert, shortcut.groups), main.expert, main.groups)
+        return main.with_x(main.x + moved)
     if shortcut.expert is None:
         return main.with_x(main.x + gather_slices(shortcut.x, main.expert, main.groups))
-    same = (shortcut.expert == main.expert).to(main.x.dtype)
-    return main.with_x(torch.addcmul(main.x, shortcut.x, same.view(-1, *([1] * (main.x.dim() - 1)))))
+    return main.with_x(main.x + shortcut.x)
 
 
 def routed_cat(parts: list[Routed]) -> Routed:

@@ -54,6 +54,10 @@ class RoutingContext:
     forced: dict[str, Tensor | int] | None = None
     # Fold eval-mode batch norm into the preceding conv (sparse execution only; see layers.conv_bn).
     fold_bn: bool = True
+    # Straight-through estimator of the hard routing (see layers.STE_DESIGNS).
+    ste: str = "identity"
+    # Router scores seen by a traced forward (FLOP counting): see RoutedNet.forward.
+    traced_scores: list[Tensor] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
 
 
