@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "train_cmd",
     "pipeline_cmd",
     "flops_cmd", "compare_cmd",
+    "convert_cmd",
 ]
 
 for _name in COMMAND_MODULES:
