@@ -178,6 +178,13 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     assert set(SUITES.names()) >= {"quick", "standard", "full", "autoattack"}
     assert [s.name for s in get_suite("quick").attacks] == ["pgd-20"]
     assert [s.name for s in get_suite("standard").attacks] == ["pgd-50", "autoattack"]
+    paper = get_suite("paper").attacks
+    assert [s.name for s in paper] == ["pgd-50-paper", "autoattack"]
+    from robustmoe_bench.attacks import create_attack
+    pgd = create_attack(paper[0].attack, eps=8 / 255, **dict(paper[0].hyper))
+    assert pgd.steps == 50 and pgd.step_size == pytest.approx(2 / 255)  # the public code's step at 8/255
+    with pytest.raises(ConfigError, match="not both"):
+        create_attack("pgd", eps=0.1, step_size=0.01, step_fraction=0.25)
     full = [s.name for s in get_suite("full").attacks]
     aa = ["apgd-ce", "apgd-t", "fab-t", "square"]  # AutoAttack standard as its four attacks, last
     assert full[0] == "pgd-50" and full[-4:] == aa and get_suite("full").checks

@@ -10,6 +10,8 @@ Built-in suites:
 * ``quick``: PGD-20.
 * ``standard``: PGD-50, then AutoAttack (standard version, pyautoattack's own cascade of APGD-CE,
   APGD-T, FAB-T, Square) on the examples PGD-50 left.
+* ``paper``: the AdvMoE paper's evaluation -- PGD-50 with its public code's step (``eps / 4``, i.e.
+  2/255 at 8/255, reported as ``pgd-50-paper``), then AutoAttack standard on the examples it left.
 * ``autoattack``: AutoAttack standard alone, on every clean-correct example: the number that is
   comparable with RobustBench's ``autoattack_acc``.
 * ``full``: PGD-50, the adaptive MoE attacks (soft-routing PGD, joint output+router loss,
@@ -99,6 +101,8 @@ def _add(suite: Suite) -> Suite:
 
 PGD20 = AttackSpec("pgd-20", "pgd", (("steps", 20),))
 PGD50 = AttackSpec("pgd-50", "pgd", (("steps", 50),))
+#: PGD-50 as the AdvMoE public code evaluates: step eps/4 (2/255 at 8/255) instead of 2.5*eps/50.
+PGD50_PAPER = AttackSpec("pgd-50-paper", "pgd", (("steps", 50), ("step_fraction", 0.25)))
 AUTOATTACK = AttackSpec("autoattack", "autoattack", whitebox=False)
 #: AutoAttack's standard version as four cascade entries (the reference implementations with the standard
 #: settings; see robustmoe_bench.attacks.autoattack). Same algorithm as AUTOATTACK, and the suite then knows
@@ -112,6 +116,8 @@ AUTOATTACK_PARTS = (
 
 _add(Suite("quick", "PGD-20 (a fast first look; not a robustness claim)", (PGD20,)))
 _add(Suite("standard", "PGD-50, then AutoAttack standard on the examples PGD-50 left", (PGD50, AUTOATTACK)))
+_add(Suite("paper", "the AdvMoE paper's evaluation: PGD-50 with step eps/4, then AutoAttack standard",
+           (PGD50_PAPER, AUTOATTACK)))
 _add(Suite("autoattack", "AutoAttack standard alone (comparable with RobustBench's autoattack_acc)", (AUTOATTACK,)))
 _add(Suite(
     "full",
