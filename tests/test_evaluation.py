@@ -37,6 +37,7 @@ RESULT_KEYS = {
     "schema_version", "suite", "dataset", "threat_model", "eps", "eps_str", "n_examples", "seed", "clean_acc",
     "robust_acc", "attacks", "routing", "router_robustness", "flags", "unreliable", "gflops", "seconds", "model",
     "training", "checkpoint", "checkpoint_sha256", "package_version",
+    "n_total", "robust_acc_alone", "intervals", "examples",
 }
 
 
@@ -167,6 +168,32 @@ def test_cascade_attacks_only_still_robust_examples_and_keeps_worst_case() -> No
     assert batch_attack_seed(5, 3, 0) != batch_attack_seed(5, 4, 0) != batch_attack_seed(6, 3, 0)
 
 
+def test_alone_scope_measures_autoattack_alone_and_still_feeds_the_worst_case() -> None:
+    """AutoAttack's parts (scope "alone", one group) run on every clean-correct example not fooled by an
+    earlier part, whatever PGD broke: their group's number is AutoAttack alone, as RobustBench means it;
+    the worst case still takes every attack."""
+    from robustmoe_bench.evaluation.runner import _assemble_masks, alone_masks
+
+    Breaker.calls = []
+    attacks = [
+        PlannedAttack("pgd", "pgd", {"ids": (1, 2, 3)}),
+        PlannedAttack("aa1", "aa1", {"ids": (2,)}, scope="alone", group="aa"),
+        PlannedAttack("aa2", "aa2", {"ids": (2, 5)}, scope="alone", group="aa"),
+    ]
+    x, y = toy_batch()
+    rec = run_cascade(Toy(), x, y, attacks, eps=0.1, norm="Linf", seed=0, batch_index=0, factory=Breaker)
+    # aa1 sees every clean-correct example (PGD's breaks included); aa2 all but the one aa1 fooled
+    assert [c[:2] for c in Breaker.calls] == [("pgd", [0, 1, 2, 3, 4, 5, 6]), ("aa1", [0, 1, 2, 3, 4, 5, 6]),
+                                              ("aa2", [0, 1, 3, 4, 5, 6])]
+    assert rec.attacks["aa1"].fooled == "00100000" and rec.attacks["aa1"].broken == "00000000"
+    assert rec.attacks["aa2"].fooled == "00000100" and rec.attacks["aa2"].broken == "00000100"
+    clean, broken, fooled = _assemble_masks([rec], attacks)
+    alone = alone_masks(attacks, clean, fooled)
+    assert {k: int(v.sum()) for k, v in alone.items()} == {"pgd": 4, "aa1": 6, "aa2": 5, "aa": 5}
+    worst = clean & ~broken["pgd"] & ~broken["aa1"] & ~broken["aa2"]
+    assert int(worst.sum()) == 3  # 0, 4, 6
+
+
 def test_cascade_refuses_attack_output_outside_the_ball() -> None:
     x, y = toy_batch()
     bad = [PlannedAttack("a", "a", {"ids": (1,), "overshoot": 2.0})]
@@ -183,6 +210,9 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     assert full[0] == "pgd-50" and full[-4:] == aa and get_suite("full").checks
     assert [s.group for s in get_suite("full").attacks][-4:] == ["autoattack"] * 4
     assert [s.whitebox for s in get_suite("full").attacks][-4:] == [True, True, True, False]
+    # AutoAttack runs on every clean-correct example in both suites: its number is AutoAttack alone
+    assert [s.scope for s in get_suite("full").attacks][-4:] == ["alone"] * 4
+    assert [s.scope for s in get_suite("standard").attacks] == ["robust", "alone"]
     dense = plan(get_suite("full"), is_moe=False, experts=1)
     assert [a.name for a in dense if a.skipped is None] == ["pgd-50"] + aa
     assert all(a.skipped == "not an MoE model (no routers)" for a in dense if a.name not in ["pgd-50"] + aa)
@@ -238,6 +268,19 @@ def test_quick_suite_json_matches_direct_pgd(setup: dict[str, Path], tmp_path: P
     assert (a["name"], a["n_attacked"], a["n_broken"], a["params"]["steps"]) == ("pgd-20", clean, clean - robust, 20)
     assert d["eps"] == 0.03 and d["eps_str"] == "0.03" and d["threat_model"] == "Linf" and d["seed"] == 3
     assert d["model"]["kind"] == "moe" and d["training"]["method"] == "test-ce"
+    # uncertainty: every accuracy carries its count, n and the 95 % Wilson interval
+    from robustmoe_bench.stats import wilson
+
+    assert d["n_total"] == len(test) and d["n_examples"] == 40
+    assert d["intervals"]["clean_acc"] == wilson(clean, 40).to_dict()
+    assert d["intervals"]["robust_acc"]["pgd-20"] == wilson(robust, 40).to_dict()
+    assert d["intervals"]["robust_acc"]["worst_case"] == wilson(robust, 40).to_dict()
+    lo, hi = d["intervals"]["robust_acc"]["worst_case"]["low"], d["intervals"]["robust_acc"]["worst_case"]["high"]
+    assert lo < d["robust_acc"]["worst_case"] < hi and hi - lo > 10  # n = 40: wide, and said so
+    # the first attack of the cascade is also measured alone; per-example outcomes for paired tests
+    assert d["robust_acc_alone"] == {"pgd-20": pytest.approx(100 * robust / 40, abs=1e-4)}
+    assert d["examples"]["clean"].count("1") == clean and d["examples"]["worst_case"].count("1") == robust
+    assert len(d["examples"]["clean"]) == 40 and len(d["examples"]["indices_sha256"]) == 64
     assert d["checkpoint"] == str(setup["ckpt"]) and len(d["checkpoint_sha256"]) == 64
     assert d["flags"] == {} and d["unreliable"] is False
     assert d["gflops"] is None or d["gflops"]["total"] > 0

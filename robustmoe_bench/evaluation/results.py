@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ..checkpoint import atomic_write_bytes
@@ -42,7 +42,11 @@ class AttackResult:
     it newly broke. ``routing_change``: % of all ``n_examples`` whose expert choice (any MoE layer) it
     changed vs the clean input (``None`` for non-MoE models). ``scope``: ``"robust"`` (ran only on
     examples still robust) or ``"all"`` (every example: router attacks, whose routing-change rate is
-    a property of the whole set). ``skipped``: why it did not run, else ``None``.
+    a property of the whole set), ``"alone"`` (every clean-correct example not fooled by an earlier
+    member of its group: AutoAttack measured on its own). ``skipped``: why it did not run, else ``None``.
+    ``robust_acc_alone``: % of all ``n_examples`` correct under this attack alone (for a group member,
+    under its group's own cascade up to it), where the attack ran on every example that needs;
+    else ``None``.
     """
 
     name: str
@@ -55,11 +59,19 @@ class AttackResult:
     scope: str
     seconds: float
     skipped: Optional[str] = None
+    robust_acc_alone: Optional[float] = None
 
 
 @dataclass
 class EvalResult:
-    """A finished evaluation (schema version 1). See ``docs/DEVELOPING.md`` for every key."""
+    """A finished evaluation (schema version 1). See ``docs/DEVELOPING.md`` for every key.
+
+    Uncertainty: ``intervals`` gives, for ``clean_acc``, every ``robust_acc`` and every
+    ``robust_acc_alone`` value, its count ``k`` of ``n`` and the 95 % Wilson interval (``low``/``high``
+    in %). ``n_total`` is the size of the test set the ``n_examples`` were drawn from. ``examples``
+    holds the per-example outcomes (``"0110..."`` over the evaluation set, in order: ``clean``,
+    ``worst_case`` and, where measured, ``autoattack`` alone) and ``indices_sha256``, which names the
+    evaluated examples, so two results on the same examples can be compared with a paired test."""
 
     suite: str
     dataset: str
@@ -83,6 +95,10 @@ class EvalResult:
     checkpoint_sha256: Optional[str]
     package_version: str
     schema_version: int = SCHEMA_VERSION
+    n_total: Optional[int] = None
+    robust_acc_alone: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)
+    examples: Optional[dict[str, str]] = None
 
     @property
     def worst_case(self) -> float:

@@ -46,12 +46,15 @@ def str_to_mask(s: str) -> torch.Tensor:
 class AttackRecord:
     """One attack on one batch. ``broken``: examples of the batch this attack newly broke (they were
     still robust before it); ``n_attacked``: examples it ran on; ``routing_changed``: attacked examples
-    whose expert choice changed in >= 1 MoE layer vs clean (0 for non-MoE models)."""
+    whose expert choice changed in >= 1 MoE layer vs clean (0 for non-MoE models); ``fooled``: examples
+    it ran on and misclassified (whether or not an earlier attack had broken them), from which an
+    attack's accuracy alone is computed where it ran on every example that number needs."""
 
     broken: str
     n_attacked: int
     routing_changed: int
     seconds: float
+    fooled: str = ""
 
 
 @dataclass
