@@ -31,6 +31,7 @@ from typing import Any, Iterator, Optional
 from .checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint
 from .errors import CheckpointError, RobustMoEError
 from .leaderboard.entry import LeaderboardError, check_name
+from . import jsonsafe
 
 REGISTRY_VERSION = 1
 PACKAGED_REGISTRY = Path(__file__).with_name("zoo_registry.json")
@@ -146,7 +147,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def _parse_registry(text: str, path: Path) -> dict[str, ZooModel]:
     try:
-        data = json.loads(text)
+        data = jsonsafe.loads(text)
     except json.JSONDecodeError as e:
         raise ZooError(f"zoo registry {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -385,7 +386,7 @@ def register_zoo_model(
         if not lb_path.is_file():
             raise ZooError(f"leaderboard entry not found: {lb_path}")
         try:
-            json.loads(lb_path.read_text(encoding="utf-8"))
+            jsonsafe.loads(lb_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ZooError(f"leaderboard entry {lb_path} is not valid JSON") from None
         lb = lb_path.as_posix()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RobustMoEError
+from .. import jsonsafe
 
 SCHEMA_VERSION = 1
 WORST = "worst_case"
@@ -115,7 +116,7 @@ def read_result(path: str | os.PathLike) -> CompareRow:
     """Parse and check one evaluation results JSON (format: docs/DEVELOPING.md)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = jsonsafe.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ResultsFileError(f"{p}: no such results file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

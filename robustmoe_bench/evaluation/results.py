@@ -21,6 +21,7 @@ from typing import Any, Optional
 from ..checkpoint import atomic_write_bytes
 from ..config import from_dict
 from ..errors import ConfigError
+from .. import jsonsafe
 
 SCHEMA_VERSION = 1
 
@@ -126,7 +127,7 @@ class EvalResult:
     @classmethod
     def from_json(cls, text: str) -> "EvalResult":
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(jsonsafe.loads(text))
         except json.JSONDecodeError as e:
             raise ConfigError(f"evaluation results are not valid JSON: {e}") from None
 

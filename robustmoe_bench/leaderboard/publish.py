@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 from .entry import LeaderboardEntry, LeaderboardError, check_name, entry_from_results
 from .validate import entry_problems
+from .. import jsonsafe
 
 #: Default leaderboard root (relative to the working directory).
 DEFAULT_ROOT = Path("leaderboards")
@@ -102,7 +103,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an evaluation results JSON file (``robustmoe-bench evaluate --out``)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsonsafe.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LeaderboardError(f"results file not found: {path}") from None
     except IsADirectoryError:

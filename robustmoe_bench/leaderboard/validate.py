@@ -20,6 +20,7 @@ from .entry import (
     ThreatModel,
     check_name,
 )
+from .. import jsonsafe
 
 SCHEMA_RESOURCE = "schema.json"
 
@@ -116,7 +117,7 @@ def iter_entry_files(root: Path) -> Iterator[tuple[Path, str, str]]:
 def read_entry_file(path: Path) -> Any:
     """Parse one entry file; unreadable or non-JSON files raise :class:`LeaderboardError`."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return jsonsafe.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise LeaderboardError(f"cannot read: {e}") from None
     except json.JSONDecodeError as e:
