@@ -292,7 +292,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
         )
         res.entries[method] = str(entry_path)
     if res.entries:
-        pages, _ = build(board_root)
+        pages, _, _ = build(board_root)
         res.leaderboard_pages = [str(p) for p in pages]
 
     # 5. comparison table (the paper's Table 1 layout)

@@ -117,12 +117,20 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        if not isinstance(d, dict):
+            raise ConfigError("evaluation results must be a JSON object")
         d = dict(d)
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ConfigError(f"evaluation results have schema_version {version!r}; this version reads {SCHEMA_VERSION}")
-        d["attacks"] = [from_dict(AttackResult, a, what="attack result") for a in d.get("attacks", [])]
-        return from_dict(cls, d, what="evaluation result")
+        attacks = d.get("attacks", [])
+        if not isinstance(attacks, list):
+            raise ConfigError("evaluation result: 'attacks' must be a list")
+        d["attacks"] = [from_dict(AttackResult, a, what="attack result", strict=True) for a in attacks]
+        for name, flag in (d.get("flags") or {}).items() if isinstance(d.get("flags"), dict) else ():
+            if not isinstance(flag, dict) or not isinstance(flag.get("passed"), bool):
+                raise ConfigError(f"evaluation result: flag {name!r} must be an object whose 'passed' is true or false")
+        return from_dict(cls, d, what="evaluation result", strict=True)
 
     @classmethod
     def from_json(cls, text: str) -> "EvalResult":

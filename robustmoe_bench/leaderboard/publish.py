@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .entry import LeaderboardEntry, LeaderboardError, check_name, entry_from_results
+from .entry import LeaderboardEntry, LeaderboardError, check_link, check_name, entry_from_results
 from .validate import entry_problems
 from .. import jsonsafe
 
@@ -132,6 +132,7 @@ def publish_results(
     the other keyword arguments of :func:`~robustmoe_bench.leaderboard.entry.entry_from_results`
     (``link``, ``authors``, ``venue``, ``architecture``, ``reported``, ``footnote``, ...)."""
     check_name(model_id, "model ID")
+    check_link(metadata.get("link", ""))
     data = read_results(results) if not isinstance(results, Mapping) else results
     entry = entry_from_results(data, title=title or model_id, **metadata)
     return publish_entry(entry, model_id, root, force=force), entry
