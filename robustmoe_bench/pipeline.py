@@ -303,7 +303,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     atomic_write_bytes(md, table.to_markdown().encode())
     res.comparison = str(md)
     console.rule("comparison")
-    console.print(table.compact().to_rich())  # headline columns; every attack's column is in comparison.md
+    console.print(table.compact().to_rich(console.width))  # headline columns; every attack's column is in comparison.md
     console.print(f"every attack's accuracy: {md}")
     sec["total"] = round(time.perf_counter() - t_start, 1)
     atomic_write_bytes(out / "pipeline_result.json", json.dumps(asdict(res), indent=2).encode())
