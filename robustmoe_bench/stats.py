@@ -90,11 +90,21 @@ def binom_sf(k: int, n: int, p: float) -> float:
 
 
 def binom_critical(n: int, p: float, alpha: float) -> int:
-    """The smallest ``k`` with ``P(X >= k) <= alpha`` for ``X ~ Binomial(n, p)`` (``n + 1`` if none)."""
-    for k in range(0, n + 1):
-        if binom_sf(k, n, p) <= alpha:
-            return k
-    return n + 1
+    """The smallest ``k`` with ``P(X >= k) <= alpha`` for ``X ~ Binomial(n, p)`` (``n + 1`` if none).
+    One pass from the top of the distribution (the tail only grows as ``k`` falls)."""
+    if p <= 0.0:
+        return 1 if alpha >= 0 else n + 1
+    if p >= 1.0:
+        return n + 1 if alpha < 1 else 0
+    lp, lq, lg = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    tail = 0.0
+    k = n + 1
+    for i in range(n, -1, -1):
+        tail += math.exp(lg - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+        if tail > alpha:
+            break
+        k = i
+    return k
 
 
 @dataclass(frozen=True)

@@ -547,7 +547,11 @@ def test_autoattack_parts_in_a_suite_report_autoattack_and_feed_the_square_check
     assert "the suite's own run" in check["evidence"]
     assert check["values"]["broken_by_square_only"] == square.n_broken
     assert check["values"]["whitebox"] == acc["fab-t"]  # the examples Square ran on
-    assert check["passed"] == (100 * square.n_broken / 20 <= 1.0)
+    from robustmoe_bench.evaluation.checks import SQUARE_P0, count_rule
+
+    survivors = round(acc["fab-t"] * 20 / 100)
+    assert check["values"]["survivors"] == survivors
+    assert check["passed"] == (not count_rule(square.n_broken, survivors, SQUARE_P0)["flagged"])
     assert attacks_before_autoattack(res.to_dict()) == ("pgd-5",)
 
 
@@ -565,12 +569,14 @@ def test_standard_and_autoattack_suites_equal_direct_pyautoattack_standard(setup
                        data_root=setup["data"], progress=False)
         direct = direct_pyautoattack(model, x, y, 0.03, batch_attack_seed(7, 0, 0), small=False)
         assert res.robust_acc["autoattack"] == pytest.approx(100 * int(direct.sum()) / 20, abs=1e-4)
-        # the standard suite: AutoAttack on the examples PGD-50 left == a direct run on those examples
+        # the standard suite: AutoAttack alone on every clean-correct example (scope "alone") == a direct
+        # run on those examples, whatever PGD-50 broke first
         rec = run_cascade(model, x, y, plan(get_suite("standard"), True, 2), eps=0.03, norm="Linf", seed=7,
                           batch_index=0)
-        reached = str_to_mask(rec.clean) & ~str_to_mask(rec.attacks["pgd-50"].broken)
+        reached = str_to_mask(rec.clean)
         direct2 = direct_pyautoattack(model, x[reached], y[reached], 0.03, batch_attack_seed(7, 0, 1), small=False)
-    assert str_to_mask(rec.attacks["autoattack"].broken)[reached].tolist() == (~direct2).tolist()
+    assert str_to_mask(rec.attacks["autoattack"].fooled)[reached].tolist() == (~direct2).tolist()
+    assert rec.attacks["autoattack"].n_attacked == int(reached.sum())
 
 
 # ------------------------------------------------------------------ masked gradients: the full suite sees through them
