@@ -90,4 +90,4 @@ def evaluate_cmd(
     if res.unreliable:
         console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
     if out is not None:
-        console.print(f"results written to {out}")
+        console.print(f"results written to {out}", markup=False, highlight=False)
