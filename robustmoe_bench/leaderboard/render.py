@@ -200,11 +200,11 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]|~$])")
 
 
 def md_text(text: str) -> str:
-    """Text safe anywhere in a Markdown table cell or list item: HTML entities for ``& < > "``, a
+    """Text safe anywhere in a Markdown table cell or list item: HTML entities for ``& < >``, a
     backslash before the punctuation that can start Markdown markup, newlines as spaces. No markup
     (HTML, links, images, emphasis, code) survives."""
     text = " ".join(str(text).split("\n"))
-    text = html.escape(text, quote=True)
+    text = html.escape(text, quote=False)  # quotes only matter inside a tag, and no tag can form
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
