@@ -260,6 +260,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:1em;font-size:14px}
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
+table.board td:nth-child(2){min-width:16em}
 th{background:#f2f2f2;cursor:pointer;user-select:none;white-space:nowrap}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 tbody.entry>tr.main{cursor:pointer}tbody.entry>tr.main:hover{background:#f7f9ff}
@@ -412,14 +413,18 @@ def _scatter_svg(rows: list[Ranked], label: str) -> str:
     for t in range(int(y_lo), int(y_hi) + 1, 10):
         out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{sy(t)}" y2="{sy(t)}" stroke="#eee"/>'
                    f'<text x="{ml - 6}" y="{sy(t) + 4}" font-size="11" text-anchor="end">{t}</text>')
-    for d in range(math.ceil(lo), math.floor(hi) + 1):
-        g = 10.0 ** d
-        out.append(f'<line x1="{sx(g)}" x2="{sx(g)}" y1="{mt}" y2="{h - mb}" stroke="#eee"/>'
-                   f'<text x="{sx(g)}" y="{h - mb + 16}" font-size="11" text-anchor="middle">{g:g}</text>')
+    for d in range(math.floor(lo), math.ceil(hi) + 1):  # ticks at 1, 2, 5 x 10^d inside the range
+        for mult in (1, 2, 5):
+            g = mult * 10.0 ** d
+            if lo <= math.log10(g) <= hi:
+                out.append(f'<line x1="{sx(g)}" x2="{sx(g)}" y1="{mt}" y2="{h - mb}" stroke="#eee"/>'
+                           f'<text x="{sx(g)}" y="{h - mb + 16}" font-size="11" text-anchor="middle">{g:g}</text>')
     out.append(f'<text x="{(w + ml - mr) / 2}" y="{h - 10}" font-size="12" text-anchor="middle">'
                'GFLOPs per input (log scale)</text>')
     out.append(f'<text x="14" y="{(h - mb + mt) / 2}" font-size="12" text-anchor="middle" '
                f'transform="rotate(-90 14 {(h - mb + mt) / 2})">robust accuracy % (ranked)</text>')
+    out.append(f'<line x1="{w - mr - 150}" x2="{w - mr - 130}" y1="{mt + 14}" y2="{mt + 14}" stroke="{FRONT_COLOUR}" '
+               f'stroke-width="2.5"/><text x="{w - mr - 124}" y="{mt + 18}" font-size="11">Pareto front</text>')
     front = pareto_front(pts)
     if len(front) > 1:
         path = " ".join(f"{sx(g)},{sy(a)}" for g, a, _ in front)
@@ -429,7 +434,9 @@ def _scatter_svg(rows: list[Ranked], label: str) -> str:
         ring = f' stroke="{FRONT_COLOUR}" stroke-width="2.5"' if mid in on_front else ""
         out.append(f'<circle data-id="{esc(mid)}" cx="{sx(g)}" cy="{sy(a)}" r="6" fill="{POINT_COLOUR}"{ring}>'
                    f'<title>{esc(mid)}: {a:.2f}% at {g:.4g} GFLOPs</title></circle>')
-        out.append(f'<text x="{sx(g) + 8}" y="{sy(a) - 8}" font-size="11">{esc(mid)}</text>')
+        right_half = sx(g) > (ml + w - mr) / 2  # labels grow towards the middle, never off the plot
+        out.append(f'<text x="{sx(g) + (-8 if right_half else 8)}" y="{sy(a) - 8}" font-size="11" '
+                   f'text-anchor="{"end" if right_half else "start"}">{esc(mid)}</text>')
     out.append("</svg>")
     return "".join(out)
 
