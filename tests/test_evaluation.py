@@ -275,6 +275,7 @@ def test_quick_suite_json_matches_direct_pgd(setup: dict[str, Path], tmp_path: P
     assert d["intervals"]["clean_acc"] == wilson(clean, 40).to_dict()
     assert d["intervals"]["robust_acc"]["pgd-20"] == wilson(robust, 40).to_dict()
     assert d["intervals"]["robust_acc"]["worst_case"] == wilson(robust, 40).to_dict()
+    assert d["intervals"]["router_robustness"]["pgd-20"] == wilson(40 - changed, 40).to_dict()
     lo, hi = d["intervals"]["robust_acc"]["worst_case"]["low"], d["intervals"]["robust_acc"]["worst_case"]["high"]
     assert lo < d["robust_acc"]["worst_case"] < hi and hi - lo > 10  # n = 40: wide, and said so
     # the first attack of the cascade is also measured alone; per-example outcomes for paired tests

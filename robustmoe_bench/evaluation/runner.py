@@ -401,6 +401,8 @@ def _finish(
         "robust_acc": {name: wilson(count_of(v, n), n).to_dict() for name, v in robust_acc.items()},
         "robust_acc_alone": {name: wilson(int(m.sum()), n).to_dict() for name, m in alone.items()},
     }
+    if routed:  # % of examples whose routing no attack changed: a proportion of n like the accuracies
+        intervals["router_robustness"] = {name: wilson(n - count_of(v, n), n).to_dict() for name, v in routing.items()}
     outcomes = {"clean": mask_to_str(clean), "worst_case": mask_to_str(robust)}
     if "autoattack" in alone:
         outcomes["autoattack"] = mask_to_str(alone["autoattack"])
