@@ -300,7 +300,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
         )
         res.entries[method] = str(entry_path)
     if res.entries:
-        pages, _ = build(board_root)
+        pages, _, _ = build(board_root)
         res.leaderboard_pages = [str(p) for p in pages]
 
     # 5. comparison table (the paper's Table 1 layout)
@@ -311,7 +311,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     atomic_write_bytes(md, table.to_markdown().encode())
     res.comparison = str(md)
     console.rule("comparison")
-    console.print(table.compact().to_rich())  # headline columns; every attack's column is in comparison.md
+    console.print(table.compact().to_rich(console.width))  # headline columns; every attack's column is in comparison.md
     console.print(f"every attack's accuracy: {md}")
     sec["total"] = round(time.perf_counter() - t_start, 1)
     atomic_write_bytes(out / "pipeline_result.json", json.dumps(asdict(res), indent=2).encode())

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from rich.markup import escape
 from .app import app, console
 
 
@@ -82,7 +83,7 @@ def train_cmd(
     result = train(cfg, target, progress=not quiet, resume=resume is not None)
     if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         console.print(
-            f"[bold]done[/]: {result.ckpt}  clean {result.final_clean_acc:.1f}%  "
+            f"[bold]done[/]: {escape(str(result.ckpt))}  clean {result.final_clean_acc:.1f}%  "
             f"PGD-10 {result.final_pgd10_acc:.1f}%  ({result.seconds:.0f}s over {result.epochs} epochs)",
             highlight=False,
         )
