@@ -230,6 +230,21 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else ""
 
 
+def model_record(model: torch.nn.Module) -> dict[str, Any]:
+    """What the results record about the model: our ModelSpec dict, or an external model's source
+    (factory, arguments, weights and their sha256, normalisation, output key, routing adapter)."""
+    spec = getattr(model, "spec", None)
+    if spec is not None and hasattr(spec, "to_dict"):
+        return spec.to_dict()
+    return model.describe()  # type: ignore[operator]
+
+
+def model_dataset(model: torch.nn.Module) -> Optional[str]:
+    """The data set a model was built for (ours: its spec; external: the one it was wrapped for)."""
+    spec = getattr(model, "spec", None)
+    return spec.dataset if spec is not None else getattr(model, "dataset", None)
+
+
 # --------------------------------------------------------------------------- loading
 def load_factory(spec: str) -> Callable[..., Any]:
     """``"package.module:callable"`` -> the callable. The working directory is importable."""
@@ -388,5 +403,5 @@ def wrap_module(net: nn.Module, *, dataset: str, normalize: Optional[tuple[list[
     return model
 
 
-__all__ = ["ExternalModel", "fit_weights", "load_external", "load_factory", "parse_input_size", "parse_model_args",
+__all__ = ["ExternalModel", "fit_weights", "load_external", "load_factory", "model_dataset", "model_record", "parse_input_size", "parse_model_args",
            "parse_normalize", "parse_value", "read_weights", "wrap_module"]

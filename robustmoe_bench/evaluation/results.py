@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ..checkpoint import atomic_write_bytes
@@ -42,7 +42,8 @@ class AttackResult:
     it newly broke. ``routing_change``: % of all ``n_examples`` whose expert choice (any MoE layer) it
     changed vs the clean input (``None`` for non-MoE models). ``scope``: ``"robust"`` (ran only on
     examples still robust) or ``"all"`` (every example: router attacks, whose routing-change rate is
-    a property of the whole set). ``skipped``: why it did not run, else ``None``.
+    a property of the whole set). ``skipped``: why it did not run, else ``None`` (e.g. a model without
+    routers, or a routing adapter that cannot force pathways).
     """
 
     name: str
@@ -83,6 +84,8 @@ class EvalResult:
     checkpoint_sha256: Optional[str]
     package_version: str
     schema_version: int = SCHEMA_VERSION
+    #: the attacks the worst case is taken over (those that ran; skipped ones are named in ``attacks``)
+    worst_case_attacks: list[str] = field(default_factory=list)
 
     @property
     def worst_case(self) -> float:
