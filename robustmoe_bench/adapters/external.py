@@ -382,7 +382,7 @@ def load_external(
         if not isinstance(ad, RoutingAdapter):
             raise ModelError(f"--adapter {adapter}: returned {type(ad).__name__}, not a RoutingAdapter")
         model.routing_adapter = ad
-        source["adapter"] = adapter
+        model.source["adapter"] = adapter
     model.probe()
     return model
 

@@ -284,7 +284,7 @@ class HookAdapter(RoutingAdapter):
         mods = [(n, m) for n, m in model.named_modules() if n and rx.fullmatch(n)]
         if not mods:
             some = ", ".join(n for n, _ in list(model.named_modules())[1:9])
-            raise ModelError(f"--router-modules {pattern!r} matches no module of the model "
+            raise ModelError(f"--router-modules '{pattern}' matches no module of the model "
                              f"(names are matched in full, e.g. {some}, ...)")
         super().__init__(model)
         self.pattern = pattern

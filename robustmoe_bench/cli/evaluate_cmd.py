@@ -24,15 +24,15 @@ def results_table(res: EvalResult) -> Table:
     t.add_row("clean", f"{res.clean_acc:.2f}", "", "", "")
     for a in res.attacks:
         if a.skipped is not None:
-            t.add_row(a.name, "[dim]skipped[/]", "", "", f"[dim]{a.skipped}[/]")
+            t.add_row(a.name, "[dim]skipped[/]", "", "", "[dim]see below[/]")  # the reason: under the table
             continue
         change = "" if a.routing_change is None else f"{a.routing_change:.2f}"
         t.add_row(a.name, f"{a.robust_acc:.2f}", change, str(a.n_attacked), f"{a.seconds:.1f}")
+    t.add_row("[bold]worst case[/]", f"[bold]{res.worst_case:.2f}[/]", "", "", f"{res.seconds:.1f}")
     skipped = [a.name for a in res.attacks if a.skipped is not None]
-    label = "[bold]worst case[/]"
     if skipped:  # never silently fewer attacks: say what the worst case covers
-        label += f" [dim](over {len(res.attacks) - len(skipped)} of {len(res.attacks)} attacks)[/]"
-    t.add_row(label, f"[bold]{res.worst_case:.2f}[/]", "", "", f"{res.seconds:.1f}")
+        t.caption = (f"worst case over {len(res.attacks) - len(skipped)} of {len(res.attacks)} attacks; "
+                     f"skipped: {', '.join(skipped)} (reasons below)")
     return t
 
 
