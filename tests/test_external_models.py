@@ -161,7 +161,10 @@ def test_resnet18_flops_equal_fvcore(setup: dict[str, Path], capsys: pytest.Capt
 
 def test_top2_moe_full_suite_with_the_generic_adapter(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "top2.json"
-    code = cli_run(["evaluate", *top2_args(setup), "--suite", "full", "-n", "8", "--eps", "0.05", "--out", str(out),
+    # eps 0.1 (the class gap of the synthetic data): PGD-50 breaks every clean-correct example, so the
+    # AutoAttack parts have nothing left (they cost ~30 s per survivor); the router attacks (scope "all")
+    # still run on every example. Soft routing on top-2 is tested directly below.
+    code = cli_run(["evaluate", *top2_args(setup), "--suite", "full", "-n", "8", "--eps", "0.1", "--out", str(out),
                     "-q"])
     assert code == 0
     res = json.loads(out.read_text())
@@ -193,6 +196,35 @@ def test_top2_moe_full_suite_with_the_generic_adapter(setup: dict[str, Path], tm
     # the FLOP count averages the chosen experts only (the model dispatches): in layer 0 each input
     # runs exactly k=2 full-copy experts of 8*16*9*28*28 multiply-adds
     assert res["gflops"]["total"] > 2 * 8 * 16 * 9 * 28 * 28 / 1e9
+
+
+def test_soft_routing_relaxes_the_top2_selection(setup: dict[str, Path]) -> None:
+    """soft-pgd on a soft-gated top-2 MoE: the loss value is the hard model's, its gradient adds the
+    selection term (different from the fixed-selection gradient), and the attack lowers accuracy."""
+    from robustmoe_bench.attacks.adaptive import SoftPGD
+
+    model = load_external("helpers_foreign_moe:make_top2", dataset="fashion-mnist", weights=setup["top2"],
+                          weights_key="state_dict", normalize="0.5/0.25", router_modules=GATES, router_top_k=2)
+    x, y = as_tensors(load_dataset("fashion-mnist", "test", root=setup["data"]))
+    x, y = x[:16], y[:16]
+    ad = model.routing_adapter
+    atk = SoftPGD(0.05, steps=20, temperature=1.0)
+    atk._adapter = ad
+    xa = x.clone().requires_grad_(True)
+    loss, _ = atk.loss(model, xa, y, torch.arange(16))
+    (g_soft,) = torch.autograd.grad(loss, xa)
+    with torch.no_grad(), ad.trace() as tr:
+        hard_out = model(x)
+    assert float(loss.detach()) == pytest.approx(float(torch.nn.functional.cross_entropy(hard_out, y)), abs=1e-5)
+    xb = x.clone().requires_grad_(True)
+    with ad.force({n: tr.experts()[i] for i, n in enumerate(ad.layer_names())}):
+        (g_fixed,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xb), y), xb)
+    assert float(g_fixed.abs().sum()) > 0  # the gate weights of the chosen experts carry gradient
+    assert not torch.allclose(g_soft, g_fixed)  # ... and the relaxation adds the selection's
+    atk._adapter = None
+    x_adv = create_attack("soft-pgd", 0.05, steps=20)(model, x, y)
+    with torch.no_grad():
+        assert int((model(x_adv).argmax(1) == y).sum()) < int((hard_out.argmax(1) == y).sum())
 
 
 def test_without_forcing_the_adaptive_attacks_are_reported_skipped(setup: dict[str, Path], tmp_path: Path,
@@ -262,19 +294,42 @@ def test_top1_forced_pathway_adapter_lets_pathway_forced_run(setup: dict[str, Pa
         adv_ok = int((model(x_adv).argmax(1) == y[:10]).sum())
     assert adv_ok < clean_ok
 
+    # through the CLI: dissection under pathway-forced (it runs on every example)
+    code = cli_run(["dissect", *top1_args(setup), "--attack", "pathway-forced", "--n-examples", "10", "--eps", "0.05",
+                    "--out", str(tmp_path / "d")])
+    assert code == 0
+    d = json.loads((tmp_path / "d" / "dissect.json").read_text())["attack"]
+    assert d["attack"] == "pathway-forced" and sum(d["counts"].values()) == 10
+    assert d["params"]["random_pathways"] == 4
+    assert d["model_robustness"] < json.loads((tmp_path / "d" / "dissect.json").read_text())["clean_acc"]
+    # and in the full suite nothing is skipped (eps 0.1: PGD-50 breaks all, so this stays fast; the
+    # slow test below sends survivors through every attack)
     out = tmp_path / "top1.json"
-    code = cli_run(["evaluate", "--model", "helpers_foreign_moe:make_top1", "--weights", str(setup["top1"]),
-                    "--normalize", "0.5/0.25", "--adapter", "helpers_foreign_moe:GateAdapter", "--dataset",
-                    "fashion-mnist", "--data-root", str(setup["data"]), "--suite", "full", "-n", "8", "--eps", "0.05",
-                    "--out", str(out), "-q"])
+    assert cli_run(["evaluate", *top1_args(setup), "--suite", "full", "-n", "8", "--eps", "0.1", "--out", str(out),
+                    "-q"]) == 0
+    res = json.loads(out.read_text())
+    assert all(a["skipped"] is None for a in res["attacks"]) and len(res["worst_case_attacks"]) == 13
+    assert res["model"]["routing"]["adapter"] == "foreign-moe-gates"
+    assert res["model"]["adapter"] == "helpers_foreign_moe:GateAdapter"
+
+
+def top1_args(setup: dict[str, Path]) -> list[str]:
+    return ["--model", "helpers_foreign_moe:make_top1", "--weights", str(setup["top1"]), "--normalize", "0.5/0.25",
+            "--adapter", "helpers_foreign_moe:GateAdapter", "--dataset", "fashion-mnist", "--data-root",
+            str(setup["data"])]
+
+
+@pytest.mark.slow
+def test_top1_full_suite_survivors_reach_pathway_forced_and_autoattack(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "top1.json"
+    code = cli_run(["evaluate", *top1_args(setup), "--suite", "full", "-n", "8", "--eps", "0.05", "--out", str(out),
+                    "-q"])
     assert code == 0
     res = json.loads(out.read_text())
     by = {a["name"]: a for a in res["attacks"]}
-    assert by["pathway-forced"]["skipped"] is None and by["pathway-forced"]["n_attacked"] >= 1
-    assert by["soft-pgd"]["skipped"] is None and by["soft-pgd"]["n_attacked"] >= 1
-    assert res["model"]["routing"]["adapter"] == "foreign-moe-gates"
-    assert res["model"]["adapter"] == "helpers_foreign_moe:GateAdapter"
-    assert all(a["skipped"] is None for a in res["attacks"])
+    for name in ("soft-pgd", "joint", "pathway-forced", "apgd-ce", "square"):
+        assert by[name]["skipped"] is None and by[name]["n_attacked"] >= 1, name
+    assert res["robust_acc"]["worst_case"] <= by["pathway-forced"]["robust_acc"] <= res["clean_acc"]
 
 
 # ------------------------------------------------------------------ bad input

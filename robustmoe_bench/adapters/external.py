@@ -383,6 +383,7 @@ def load_external(
             raise ModelError(f"--adapter {adapter}: returned {type(ad).__name__}, not a RoutingAdapter")
         model.routing_adapter = ad
         model.source["adapter"] = adapter
+    model.eval()  # inference: batch norm on running statistics, like every model we evaluate
     model.probe()
     return model
 
@@ -399,6 +400,7 @@ def wrap_module(net: nn.Module, *, dataset: str, normalize: Optional[tuple[list[
                           source={"factory": f"{type(net).__module__}:{type(net).__name__}", "args": None,
                                   "weights": None, "weights_sha256": None})
     model.routing_adapter = adapter
+    model.eval()
     model.probe()
     return model
 
