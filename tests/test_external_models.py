@@ -115,6 +115,26 @@ def test_generic_adapter_traces_top2_sets_and_forces_pathways(setup: dict[str, P
     assert torch.allclose(tr2.logits()[0], tr.logits()[0])
 
 
+def test_python_api_takes_any_module(setup: dict[str, Path]) -> None:
+    from robustmoe_bench.adapters import wrap_module
+    from robustmoe_bench.errors import ConfigError
+    from robustmoe_bench.evaluation import evaluate
+
+    net = make_top2()
+    net.load_state_dict(torch.load(setup["top2"], weights_only=True)["state_dict"])
+    model = wrap_module(net.eval(), dataset="fashion-mnist", normalize=([0.5], [0.25]),
+                        adapter=HookAdapter(net, GATES, top_k=2))
+    res = evaluate(model, suite="quick", n_examples=6, eps=0.05, data_root=setup["data"], progress=False)
+    assert res.model["kind"] == "external" and res.model["routing"]["top_k"] == 2
+    assert "pgd-20" in res.routing and res.worst_case <= res.clean_acc
+    # a plain module (tuple output, no normalisation) is wrapped when the data set is named
+    res2 = evaluate(make_top2().eval(), dataset="fashion-mnist", suite="quick", n_examples=4, eps=0.05,
+                    data_root=setup["data"], progress=False)
+    assert res2.routing == {} and res2.model["output_key"] == 0
+    with pytest.raises(ConfigError, match="needs dataset="):
+        evaluate(make_top2(), suite="quick", n_examples=4, data_root=setup["data"], progress=False)
+
+
 def test_resnet18_through_the_standard_suite(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "r18.json"
     code = cli_run(["evaluate", "--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10",

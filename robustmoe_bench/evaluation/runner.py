@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
 from .state import BatchRecord, StateFolder, str_to_mask
-from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, has_routing, plan, run_cascade
+from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, plan, run_cascade
 
 DEFAULT_BATCH_SIZE = 100
 #: Examples (the first of the evaluation set) the gradient-masking checks run on.
