@@ -120,19 +120,22 @@ class ExternalModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` ``[B, *data_shape]`` in [0, 1] -> logits ``[B, num_classes]``."""
+        return self._reduce(self.net(self.prepare(x)), x.shape[0])
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Pixels in [0, 1] -> what ``net`` takes: channels repeated, resized, normalised (differentiable)."""
         if self.input_size[0] != x.shape[1]:
             x = x.expand(-1, self.input_size[0], -1, -1)
         if tuple(self.input_size[1:]) != tuple(x.shape[2:]):
             x = F.interpolate(x, size=self.input_size[1:], mode="bilinear", align_corners=False)
         if self.normalize is not None:
             x = (x - self.mean) / self.std
-        return self._reduce(self.net(x), x.shape[0])
+        return x
 
     def _reduce(self, out: Any, batch: int) -> Tensor:
         if self._pick is None:
             return self._check_logits(out, batch, "the model's output")
-        how, key = self._pick
-        return out[key]
+        return out[self._pick[1]]
 
     def _check_logits(self, t: Any, batch: int, what: str) -> Tensor:
         if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[0] != batch or t.shape[1] != self.num_classes:
@@ -150,13 +153,7 @@ class ExternalModel(nn.Module):
         x = torch.rand(2, *self.data_shape, generator=torch.Generator().manual_seed(0)).to(dev)
         self._pick = None
         try:
-            xs = x
-            if self.input_size[0] != xs.shape[1]:
-                xs = xs.expand(-1, self.input_size[0], -1, -1)
-            if tuple(self.input_size[1:]) != tuple(xs.shape[2:]):
-                xs = F.interpolate(xs, size=self.input_size[1:], mode="bilinear", align_corners=False)
-            if self.normalize is not None:
-                xs = (xs - self.mean) / self.std
+            xs = self.prepare(x)
             adapter = self.routing_adapter
             try:
                 if adapter is not None:
