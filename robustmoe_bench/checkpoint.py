@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
+from . import jsonsafe
 
 FORMAT = "robustmoe-bench/checkpoint"
 FORMAT_VERSION = 1
@@ -45,8 +46,18 @@ class Checkpoint:
         return self.meta.get("training", {})
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would give (``mode`` less the umask:
+    0644 under the usual umask 022), not the 0600 of the temporary file: results, pages, registries and
+    checkpoints are meant to be read by others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,6 +66,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -128,14 +140,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     with path.open("rb") as f:
         f.seek(8)
         try:
-            header = json.loads(f.read(n))
+            header = jsonsafe.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise CheckpointError(f"{path} has a corrupt header") from None
     raw = (header.get("__metadata__") or {}).get("robustmoe")
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file but not a robustmoe-bench checkpoint (no metadata)")
     try:
-        meta = json.loads(raw)
+        meta = jsonsafe.loads(raw)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path} has corrupt robustmoe-bench metadata") from None
     if meta.get("format") != FORMAT:
@@ -145,6 +157,48 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} was written by a newer robustmoe-bench (format {meta['format_version']}); upgrade to read it"
         )
     return meta
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of every tensor in a safetensors file, from its header alone (no data read)."""
+    path = Path(path)
+    n = _sniff(path)
+    with path.open("rb") as f:
+        f.seek(8)
+        try:
+            header = jsonsafe.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path} has a corrupt header") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt header")
+    out: dict[str, tuple[int, ...]] = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        shape = v.get("shape") if isinstance(v, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise CheckpointError(f"{path} has a corrupt header (tensor {k!r})")
+        out[k] = tuple(shape)
+    return out
+
+
+def _check_weights(path: Path, skeleton: torch.nn.Module) -> None:
+    """The file's tensors (extras aside) must be the model's state dict, name for name, shape for shape."""
+    have = {k: v for k, v in tensor_shapes(path).items() if not k.startswith(EXTRA_PREFIX)}
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:3])}")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape, e.g. {k} {list(have[k])} (model: {list(want[k])})")
+        raise CheckpointError(f"{path}: weights do not match the stored model spec ({'; '.join(parts)})")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -158,11 +212,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     meta = read_meta(path)
     try:
+        spec = ModelSpec.from_dict(meta["model"])
+        # The metadata asks for a model; before allocating it, build it on the "meta" device (shapes
+        # only, no memory) and check that the file's tensors are exactly its weights. A small file
+        # whose metadata names a huge model (wrn-28-30: gigabytes) is refused here, not after.
+        with torch.device("meta"):
+            skeleton = build_model(spec)
+        _check_weights(path, skeleton)
+        del skeleton
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
+    except CheckpointError:
+        raise
+    except RobustMoEError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    try:
         tensors = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
     try:
-        spec = ModelSpec.from_dict(meta["model"])
         model = build_model(spec)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {e}") from None

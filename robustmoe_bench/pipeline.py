@@ -43,7 +43,10 @@ class PipelineConfig:
     suite: str = "full"
     n_examples: int = 50
     dissect_examples: int = 200
-    seed: int = 0
+    seed: int = 0  # training seed (and, unless eval_seed is given, the evaluation subset's seed)
+    eval_seed: int | None = None  # seed of the evaluated/dissected test subset and of the attacks
+    dissect: bool = True  # dissect the MoE models and compare their pathways with the Sparse mask
+    publish: bool = True  # publish leaderboard entries and build the pages
     data_root: str | None = None
     leaderboard_root: str | None = None  # None: <out>/leaderboards
     batch_size: int = 200
@@ -56,10 +59,15 @@ class PipelineConfig:
 
         return 2 if torch.get_num_threads() >= 2 else 1
 
+    @property
+    def subset_seed(self) -> int:
+        return self.seed if self.eval_seed is None else self.eval_seed
+
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS + ("std",)]
+        known = METHODS + ("advmoe-public", "std")
+        unknown = [m for m in self.methods if m not in known]
         if unknown:
-            raise ConfigError(f"unknown method(s) for the main job: {', '.join(unknown)}; known: {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method(s) for the main job: {', '.join(unknown)}; known: {', '.join(known)}")
         if self.n_examples < 1 or self.dissect_examples < 1:
             raise ConfigError("example counts must be positive")
         if self.workers < 0:
@@ -114,7 +122,7 @@ def _job_evaluate(cfg: PipelineConfig, method: str, ckpt: str, progress: bool) -
         _say(f"{method}: reusing {path}")
         return {"path": str(path), "reused": True}
     state = Path(str(path) + ".state")  # an interrupted evaluation continues from its state file
-    r = evaluate(ckpt, suite=cfg.suite, n_examples=cfg.n_examples, seed=cfg.seed, data_root=cfg.data_root,
+    r = evaluate(ckpt, suite=cfg.suite, n_examples=cfg.n_examples, seed=cfg.subset_seed, data_root=cfg.data_root,
                  out=path, resume=state.exists(), batch_size=cfg.batch_size, progress=progress)
     _say(f"{method}: evaluated ({cfg.suite} suite, {r.n_examples} examples): clean {r.clean_acc:.1f}%, "
          f"worst case {r.robust_acc['worst_case']:.1f}%")
@@ -130,11 +138,11 @@ def _job_dissect(cfg: PipelineConfig, method: str, ckpt: str, sparse_ckpt: str |
     out = Path(cfg.out)
     model = load_checkpoint(ckpt).model
     test = load_dataset(model.spec.dataset, "test", root=cfg.data_root)
-    x, y = as_tensors(test, subset_indices(len(test), min(cfg.dissect_examples, len(test)), cfg.seed))
+    x, y = as_tensors(test, subset_indices(len(test), min(cfg.dissect_examples, len(test)), cfg.subset_seed))
     res: dict[str, Any] = {"dissect": str(out / "dissect" / method / "dissect.json"), "iou": None}
     ddir = out / "dissect" / method
     if not (ddir / "dissect.json").exists():
-        d = dissect(model, x, y, routers=True, seed=cfg.seed)
+        d = dissect(model, x, y, routers=True, seed=cfg.subset_seed)
         d.save(ddir / "dissect.json")
         plot_dissection(d, ddir / "dissect.png", title=f"{method}: routers vs. pathways")
         _say(f"{method}: dissected ({len(y)} examples)")
@@ -142,7 +150,7 @@ def _job_dissect(cfg: PipelineConfig, method: str, ckpt: str, sparse_ckpt: str |
         idir = out / "iou" / method
         if not (idir / "iou.json").exists():
             try:
-                r = iou_analysis(model, load_checkpoint(sparse_ckpt).model, x, y, seed=cfg.seed)
+                r = iou_analysis(model, load_checkpoint(sparse_ckpt).model, x, y, seed=cfg.subset_seed)
             except ConfigError as e:  # e.g. N*r != 1: no layer-by-layer match with the mask
                 _say(f"{method}: IoU skipped ({e})")
                 return res
@@ -220,7 +228,7 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
 
 
 # Relative costs of the jobs (measured on the fmnist-mini preset): the scheduler starts the longest first.
-_TRAIN_COST = {"advmoe": 8.0, "at-moe": 4.0, "at-dense": 2.0, "at-sparse": 2.0, "at-sdense": 1.0, "std": 1.0}
+_TRAIN_COST = {"advmoe": 8.0, "advmoe-public": 8.0, "at-moe": 4.0, "at-dense": 2.0, "at-sparse": 2.0, "at-sdense": 1.0, "std": 1.0}
 
 
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> PipelineResult:
@@ -259,7 +267,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
 
     # 2. evaluation of every model, 3. dissection and pathway IoU of the MoE models
     trained = {j.key for j in jobs}
-    moe = [m for m in cfg.methods if _is_moe_method(m)]
+    moe = [m for m in cfg.methods if _is_moe_method(m)] if cfg.dissect else []
     sparse_ckpt = res.checkpoints.get("at-sparse")
     for method in cfg.methods:
         dep = (f"train:{method}",) if f"train:{method}" in trained else ()
@@ -279,7 +287,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
             res.iou[method] = d["iou"]
 
     # 4. leaderboard
-    for method, path in res.results.items():
+    for method, path in (res.results.items() if cfg.publish else ()):
         if "autoattack" not in json.loads(Path(path).read_text())["robust_acc"]:
             console.print(f"[yellow]leaderboard: {method} not published (suite {cfg.suite!r} runs no AutoAttack)[/]")
             continue
@@ -292,7 +300,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
         )
         res.entries[method] = str(entry_path)
     if res.entries:
-        pages, _ = build(board_root)
+        pages, _, _ = build(board_root)
         res.leaderboard_pages = [str(p) for p in pages]
 
     # 5. comparison table (the paper's Table 1 layout)
@@ -303,7 +311,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     atomic_write_bytes(md, table.to_markdown().encode())
     res.comparison = str(md)
     console.rule("comparison")
-    console.print(table.compact().to_rich())  # headline columns; every attack's column is in comparison.md
+    console.print(table.compact().to_rich(console.width))  # headline columns; every attack's column is in comparison.md
     console.print(f"every attack's accuracy: {md}")
     sec["total"] = round(time.perf_counter() - t_start, 1)
     atomic_write_bytes(out / "pipeline_result.json", json.dumps(asdict(res), indent=2).encode())

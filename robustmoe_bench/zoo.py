@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from typing import Any, Iterator, Optional
 from .checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint
 from .errors import CheckpointError, RobustMoEError
 from .leaderboard.entry import LeaderboardError, check_name
+from . import jsonsafe
 
 REGISTRY_VERSION = 1
 PACKAGED_REGISTRY = Path(__file__).with_name("zoo_registry.json")
@@ -38,6 +40,10 @@ PACKAGED_FILES = Path(__file__).resolve().parent.parent / "model_zoo"
 ZOO_ENV = "ROBUSTMOE_ZOO"
 CACHE_ENV = "ROBUSTMOE_CACHE"
 WEIGHTS_SUFFIX = ".safetensors"
+
+
+#: Where hosted weights may come from (file:// for local mirrors); never other schemes.
+URL_SCHEMES = ("https://", "http://", "file://")
 
 
 class ZooError(RobustMoEError):
@@ -66,18 +72,31 @@ class ZooModel:
 
     @classmethod
     def from_dict(cls, name: str, d: Any) -> "ZooModel":
+        try:  # the name becomes part of file names (the download cache): it must stay inside its folder
+            check_name(name, "zoo model name")
+        except LeaderboardError as e:
+            raise ZooError(f"zoo registry: {e}") from None
         if not isinstance(d, dict):
             raise ZooError(f"zoo registry: model {name!r} must be an object")
         allowed = {f for f in cls.__dataclass_fields__ if f != "name"}
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise ZooError(f"zoo registry: model {name!r} has unknown key(s) {', '.join(unknown)}")
+        from .config import type_problem
+
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            problem = type_problem(v, hints[k])
+            if problem:
+                raise ZooError(f"zoo registry: model {name!r}: {k!r} {problem}, got {v!r}"[:300])
         try:
             m = cls(name=name, **d)
         except TypeError as e:
             raise ZooError(f"zoo registry: model {name!r}: {e}") from None
         if (m.file is None) == (m.url is None):
             raise ZooError(f"zoo registry: model {name!r} needs exactly one of 'file' and 'url'")
+        if m.url is not None and not m.url.startswith(URL_SCHEMES):
+            raise ZooError(f"zoo registry: model {name!r}: url must start with {', '.join(URL_SCHEMES)}, got {m.url!r}")
         if not (isinstance(m.sha256, str) and len(m.sha256) == 64 and all(c in "0123456789abcdef" for c in m.sha256)):
             raise ZooError(f"zoo registry: model {name!r} has a malformed sha256 {m.sha256!r}")
         if m.file is not None:
@@ -146,7 +165,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def _parse_registry(text: str, path: Path) -> dict[str, ZooModel]:
     try:
-        data = json.loads(text)
+        data = jsonsafe.loads(text)
     except json.JSONDecodeError as e:
         raise ZooError(f"zoo registry {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -271,9 +290,20 @@ def weights_path(m: ZooModel, root: str | os.PathLike[str] | None = None, *, dow
     zoo = Zoo.resolve(root)
     if m.file is not None:
         path = zoo.files_dir / m.file
-        if not path.is_file():
-            raise ZooError(f"weights of zoo model {m.name!r} not found at {path}")
-        return path
+        if path.is_file():
+            return path
+        # An installed wheel ships the registry but not the model_zoo/ folder of the source tree: the
+        # packaged zoo's weights are then looked for in the cache folder.
+        cached = cache_dir() / m.file
+        if zoo.registry_path == PACKAGED_REGISTRY and cached.is_file():
+            return cached
+        where = f"{path} or {cached}" if zoo.registry_path == PACKAGED_REGISTRY else str(path)
+        raise ZooError(
+            f"weights of zoo model {m.name!r} not found at {where}"
+            + ("; an installed package has no model_zoo/ folder: put the file (from the source tree's "
+               f"model_zoo/) in {cache_dir()} (set {CACHE_ENV} to choose the cache folder)"
+               if zoo.registry_path == PACKAGED_REGISTRY else "")
+        )
     path = cache_dir() / f"{m.name}-{m.sha256[:16]}{WEIGHTS_SUFFIX}"
     if path.is_file():
         return path
@@ -385,11 +415,11 @@ def register_zoo_model(
         if not lb_path.is_file():
             raise ZooError(f"leaderboard entry not found: {lb_path}")
         try:
-            json.loads(lb_path.read_text(encoding="utf-8"))
+            jsonsafe.loads(lb_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ZooError(f"leaderboard entry {lb_path} is not valid JSON") from None
         lb = lb_path.as_posix()
-    if url is not None and not url.startswith(("https://", "http://", "file://")):
+    if url is not None and not url.startswith(URL_SCHEMES):
         raise ZooError(f"url must start with https://, http:// or file://, got {url!r}")
 
     zoo = Zoo.resolve(root)

@@ -43,11 +43,11 @@ def files(tmp_path: Path) -> list[Path]:
 
 
 EXPECTED_MD = """\
-| model | arch | dataset | method | kind | clean | pgd-50 | autoattack | square | worst case | GFLOPs | saving vs Dense |
-| :--- | :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| dense_at | resnet18 | cifar10 | at-dense | dense | 84.00 | 52.00 | 48.50 | - | 48.25 | 0.5567 | 0.0% |
-| moe_advmoe | resnet18 | cifar10 | advmoe | moe N=2 r=0.5 layer | 82.12 | 51.50 | - | - | 50.00 | 0.1505 | 73.0% |
-| sdense_mini | resnet-mini | fashion-mnist | at-sdense | sdense r=0.5 | 70.00 | - | - | 60.00 | 59.00 | 0.01 | - |
+| model | arch | dataset | method | kind | clean | pgd-50 | autoattack | square | worst case [95% CI] | n | vs best | GFLOPs | saving vs Dense |
+| :--- | :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| dense_at | resnet18 | cifar10 | at-dense | dense | 84.00 | 52.00 | 48.50 | - | 48.25 [38.5, 57.7] | 100 | - | 0.5567 | 0.0% |
+| moe_advmoe | resnet18 | cifar10 | advmoe | moe N=2 r=0.5 layer | 82.12 | 51.50 | - | - | 50.00 [40.4, 59.6] | 100 | - | 0.1505 | 73.0% |
+| sdense_mini | resnet-mini | fashion-mnist | at-sdense | sdense r=0.5 | 70.00 | - | - | 60.00 | 59.00 [49.2, 68.1] | 100 | best | 0.01 | - |
 """
 
 
@@ -59,7 +59,7 @@ def test_markdown_exact(files: list[Path]) -> None:
     # the terminal view keeps the headline attacks only; rows and worst case unchanged
     small = table.compact()
     assert small.attacks == ["pgd-50", "autoattack"] and small.rows == table.rows
-    assert [row[-3] for row in small.cells()] == ["48.25", "50.00", "59.00"]
+    assert [row[-5] for row in small.cells()] == ["48.25 [38.5, 57.7]", "50.00 [40.4, 59.6]", "59.00 [49.2, 68.1]"]
     assert small.headers()[6:8] == ["pgd-50", "autoattack"] and "square" not in small.headers()
 
 
@@ -128,3 +128,73 @@ def test_plots_atomic_png(tmp_path: Path) -> None:
     w, h = check_png(path)
     assert (w, h) == (960, 630)  # 6.4 x 4.2 inches at 150 dpi
     assert [p.name for p in path.parent.iterdir()] == ["f.png"]  # no temp file left
+
+
+# --- uncertainty: paired McNemar test and the 80-column terminal ------------------------------------
+
+def _paired(tmp_path: Path, name: str, worst: str, *, sha: str = "a" * 64, method: str = "at-dense",
+            kind: str = "dense", n_total: int = 10000) -> Path:
+    n = len(worst)
+    acc = round(100 * worst.count("1") / n, 4)
+    d = result(kind, 90.0, {"pgd-50": acc, "autoattack": acc, "worst_case": acc}, 0.003, method,
+               arch="resnet-mini", dataset="fashion-mnist")
+    d.update(n_examples=n, n_total=n_total, examples={"indices_sha256": sha, "clean": "1" * n, "worst_case": worst})
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_mcnemar_marks_differences_that_are_not_significant(tmp_path: Path) -> None:
+    base = "1" * 60 + "0" * 40
+    # b: 8 examples robust only for the best, 3 only for b -> 2 * P(X <= 3 | 11, 1/2) = 464/2048
+    b = "1" * 52 + "0" * 8 + "111" + "0" * 37
+    # c: 15 vs 1 discordant -> 2 * 17 / 65536: significant
+    c = "1" * 45 + "0" * 15 + "1" + "0" * 39
+    paths = [_paired(tmp_path, "best", base), _paired(tmp_path, "close", b), _paired(tmp_path, "worse", c),
+             _paired(tmp_path, "other_examples", b, sha="b" * 64)]
+    table = compare_results(paths)
+    vs = {r.name: r.vs_best for r in table.rows}
+    assert vs == {"best": "best", "close": "p=0.23 n.s.", "worse": "p=0.00052", "other_examples": "-"}
+    row = next(r for r in table.rows if r.name == "close")
+    assert row.n_label == "100 of 10000" and row.worst_interval == pytest.approx((45.24, 64.39), abs=0.01)
+    md = table.to_markdown()
+    assert "| 55.00 [45.2, 64.4] | 100 of 10000 | p=0.23 n.s. |" in md
+
+
+def test_bad_outcomes_are_refused_with_one_line(tmp_path: Path, capsys) -> None:
+    p = _paired(tmp_path, "m", "1" * 10)
+    d = json.loads(p.read_text())
+    d["examples"]["worst_case"] = "1" * 9  # not one outcome per example
+    p.write_text(json.dumps(d))
+    assert run(["compare", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "examples.worst_case must be a string of 10" in err and "Traceback" not in err
+
+
+def test_terminal_comparison_is_readable_at_80_columns(tmp_path: Path) -> None:
+    """The main job's closing table at 80 columns: every name, number, interval and test result whole."""
+    import io
+
+    from rich.console import Console
+
+    methods = [("at-dense", "dense"), ("at-sdense", "sdense"), ("at-sparse", "sparse"), ("at-moe", "moe"),
+               ("advmoe", "moe")]
+    outcomes = ["1" * 60 + "0" * 140, "1" * 55 + "0" * 145, "1" * 50 + "0" * 150, "1" * 58 + "0" * 142,
+                "1" * 62 + "0" * 138]
+    paths = [_paired(tmp_path, m, o, method=m, kind=k) for (m, k), o in zip(methods, outcomes)]
+    table = compare_results(paths).compact()
+    console = Console(width=80, file=io.StringIO(), record=True, color_system=None)
+    console.print(table.to_rich(console.width))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in text
+    for (m, k), r in zip(methods, table.rows):
+        assert any(line.split() and line.split()[0] == m for line in lines), m  # whole name in its own cell
+        assert r.worst_text.split(" [")[0] in text and f"[{r.worst_interval[0]:.1f}, {r.worst_interval[1]:.1f}]" in text
+        assert r.vs_best.split()[0] in text
+    assert "n.s." in text  # 62 vs 60 of 200 is noise, and the table says so
+    # wide consoles keep the one-line-per-model layout
+    wide = Console(width=250, file=io.StringIO(), record=True, color_system=None)
+    wide.print(table.to_rich(wide.width))
+    assert sum(1 for line in wide.export_text().splitlines() if "at-sdense" in line) == 1

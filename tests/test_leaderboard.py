@@ -332,9 +332,14 @@ def test_validate_lists_every_problem_with_its_file(tmp_path, capsys):
     for name in by_file:
         assert name in err
     assert f"{len(problems)} problem(s) in 6 file(s)" in err and "Traceback" not in err
-    # Build refuses an invalid board rather than rendering a partial one.
-    assert run(["leaderboard", "build", "--root", str(root)]) == 2
-    assert not (root / "README.md").exists()
+    # Build reports the bad files and renders the good ones (one bad file must not hide the board).
+    assert run(["leaderboard", "build", "--root", str(root)]) == 0
+    out, err = capsys.readouterr()
+    for name in by_file:
+        assert name in err
+    assert "left out 6 file(s) with problems" in out and "1 entries in 1 tables" in out
+    md = (root / "README.md").read_text()
+    assert "**Good**" in md and "Bad1" not in md and "Moved" not in md
 
 
 def test_validate_accepts_a_clean_root_and_rejects_a_missing_one(tmp_path, capsys):
@@ -382,10 +387,11 @@ def test_build_sorts_by_external_else_autoattack_as_numbers(tmp_path, capsys):
     assert [r.split("**")[1] for r in rows[:5]] == order
     assert "[HYDRA: Pruning Adversarially Robust Neural Networks](https://arxiv.org/abs/2002.10509)" in md
     a_row = next(r for r in rows if "**A**" in r)
-    assert "| 60.00% | 50.00% |" in a_row
+    # AutoAttack 60 % and the ranked worst case 50 % of n = 500, each with its 95 % Wilson interval
+    assert r"| 60.00% \[55.6, 64.2\] | 50.00% \[45.6, 54.4\] |" in a_row and "| 500 |" in a_row
     page = (root / "index.html").read_text()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
-    assert page.count("<table") == 2
+    assert page.count("<table class=\"board\"") == 2  # one ranked table per data set and threat model
     # Deterministic: rebuilding writes identical files.
     build(root)
     assert (root / "README.md").read_text() == md and (root / "index.html").read_text() == page
@@ -423,17 +429,39 @@ def test_entry_matches_robustbench_fixture_field_by_field(tmp_path):
     assert entry_problems(rb, dataset="cifar10", threat_model="Linf") == []
 
 
-def test_robustbench_package_reads_our_entries(tmp_path, monkeypatch):
-    """With the real ``robustbench`` package (where it installs), its leaderboard code reads our folder.
+def _robustbench_leaderboard_reader():
+    """robustbench's own leaderboard code (``robustbench.utils.get_leaderboard_latex``), imported without
+    running the package's ``__init__``.
 
-    robustbench 1.1.1 from PyPI imports ``autoattack`` (PyPI's pyautoattack installs ``pyautoattack``),
-    ``pkg_resources``, timm, gdown and more, so in a plain environment this skips and the fixture test
-    above stands in for it."""
+    Why: robustbench 1.1.1's ``__init__`` imports its evaluation code, which needs a module named
+    ``autoattack`` (PyPI's pyautoattack, which robustbench itself requires, installs ``pyautoattack``)
+    and ``pkg_resources`` (gone from setuptools >= 81), so ``import robustbench`` fails in any fresh
+    environment. ``robustbench.utils`` -- the leaderboard reader -- needs neither; we load the installed
+    package's real modules through a bare package object. robustbench is a dev dependency
+    (pyproject.toml), so a missing package is a set-up error and fails, never skips."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("robustbench")
+    assert spec is not None and spec.submodule_search_locations, (
+        "robustbench is not installed: it is a dev dependency (pip install -e '.[dev]' / make setup)")
+    saved = {k: v for k, v in sys.modules.items() if k == "robustbench" or k.startswith("robustbench.")}
+    pkg = types.ModuleType("robustbench")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["robustbench"] = pkg
     try:
         from robustbench.utils import get_leaderboard_latex
-    except Exception as e:  # noqa: BLE001 -- any import failure means: not installable here
-        pytest.skip(f"robustbench not importable here ({type(e).__name__}: {e}); "
-                    "the fixture test covers its documented format")
+    finally:
+        for k in [k for k in sys.modules if k == "robustbench" or k.startswith("robustbench.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+    return get_leaderboard_latex
+
+
+def test_robustbench_package_reads_our_entries(tmp_path, monkeypatch):
+    """The real ``robustbench`` package's leaderboard code reads our folder (runs in CI, never skips)."""
+    get_leaderboard_latex = _robustbench_leaderboard_reader()
     folder = tmp_path / "model_info" / "cifar10" / "Linf"
     folder.mkdir(parents=True)
     (folder / "Sehwag2020Hydra.json").write_text(FIXTURE.read_text())

@@ -113,7 +113,7 @@ def test_cli_bad_grid_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def _real_sweep(tmp_path: Path, dense: bool) -> None:
     data = tmp_path / "fm"
-    write_fmnist(data, n_test=8, n_train=8)
+    write_fmnist(data, n_test=8, n_train=16)  # 3 become the validation split, 8 of the other 13 train
     out = tmp_path / "sweep"
     argv = ["sweep", "--experts", "2", "--scale", "0.5", "--method", "advmoe", "--preset", "fmnist-mini",
             "--arch", "resnet-tiny", "--epochs", "1", "--subset", "8", "--batch-size", "8", "--set", "holdout=4",

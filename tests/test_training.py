@@ -3,6 +3,7 @@ two-process data-parallel training. Tiny models (resnet-tiny) on tiny IDX copies
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -86,6 +87,78 @@ def test_advmoe_steps_update_only_their_group():
     assert not any(changed[0]) and sum(changed[1]) > len(groups[1]) // 2
 
 
+def test_advmoe_public_same_batch_backbone_then_router(tiny_root):
+    from robustmoe_bench.data import as_tensors
+    x, y = as_tensors(load_dataset("fashion-mnist", "train", tiny_root), torch.arange(64))
+    torch.manual_seed(0)
+    net = create_model("resnet-tiny", "moe", dataset="fashion-mnist")
+    assert net.shares_routing and net.spec.router == "resnet" and net.spec.layout == "compact"
+    method = get_method("advmoe-public")
+    groups = method.param_groups(net, 0)
+    assert {id(p) for p in groups[0]} == {id(p) for p in net.router_parameters()}
+    opt = torch.optim.SGD([{"params": g} for g in groups], lr=0.01)
+    cfg = TrainConfig.from_dict(dict(method="advmoe-public", arch="resnet-tiny", dataset="fashion-mnist"))
+    ctx = StepContext(net, net, opt, cfg, torch.Generator().manual_seed(0))
+
+    def router_ce() -> float:  # the router's class -> expert (y mod N) loss on the batch, train-mode BN
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(net.train().router_scores(x), y % 2))
+
+    before = [[p.detach().clone() for p in g] for g in groups]
+    ce0 = router_ce()
+    res = method.step(ctx, [(x, y)])
+    assert set(res.losses) == {"loss", "natural", "robust", "router"} and res.seen == 64
+    assert all(math.isfinite(v) for v in res.losses.values())
+    assert res.losses["router"] > 6.0 * 0.5  # alpha * CE, CE near ln 2 for a fresh router
+    changed = [[not torch.equal(a, p) for a, p in zip(b, g)] for b, g in zip(before, groups)]
+    assert sum(changed[0]) > len(groups[0]) // 2 and sum(changed[1]) > len(groups[1]) // 2
+    assert router_ce() < ce0 - 0.01, (ce0, router_ce())
+
+
+def test_pgd_kl_router_head_moves_router_scores():
+    torch.manual_seed(0)
+    net = create_model("resnet-tiny", "moe", dataset="fashion-mnist").eval()
+    x = torch.rand(16, 1, 28, 28)
+    g = lambda: torch.Generator().manual_seed(0)
+    plain = pgd_kl(net, x, 0.1, 5, 0.03, g())
+    joint = pgd_kl(net, x, 0.1, 5, 0.03, g(), heads=[net.router_scores])
+    with torch.no_grad():
+        p = torch.softmax(net.router_scores(x), 1)
+        kl = lambda z: float(torch.nn.functional.kl_div(torch.log_softmax(net.router_scores(z), 1), p,
+                                                        reduction="batchmean"))
+        assert kl(joint) > kl(plain)
+
+
+def test_old_config_json_resumes_as_the_same_run():
+    from robustmoe_bench.training.outputs import upgrade_config
+    old = dict(method="at-dense", arch="resnet-tiny", dataset="fashion-mnist", experts=2, scale=0.5, router="layer",
+               step_size=0.125)
+    cfg = TrainConfig.from_dict(upgrade_config(old))
+    assert cfg.experts is None and cfg.router is None and cfg.scale is None and cfg.trades_start == "uniform"
+    moe = TrainConfig.from_dict(upgrade_config(dict(old, method="at-moe")))
+    assert (moe.layout, moe.ste, moe.router, moe.experts, moe.step_size) == ("slice", "softmax", "layer", 2, 0.125)
+
+
+def test_validation_split_is_fixed_disjoint_and_capped():
+    from robustmoe_bench.training import validation_split
+    val, rest = validation_split(1000, 500)
+    assert val.numel() == 200 and rest.numel() == 800
+    assert sorted(val.tolist() + rest.tolist()) == list(range(1000))
+    assert torch.equal(validation_split(1000, 500)[0], val)  # the same draw for every run and seed
+    assert validation_split(60000, 500)[0].numel() == 500
+
+
+def test_std_trains_any_kind(tmp_path, tiny_root):
+    res = train(tiny_cfg(tiny_root, method="std", kind="moe", epochs=2, router="shared"), tmp_path / "m",
+                progress=False)
+    meta = read_meta(res.ckpt)
+    assert meta["model"]["kind"] == "moe" and meta["model"]["router"] == "shared"
+    assert meta["training"]["kind"] == "moe" and meta["training"]["method"] == "std"
+    rows = res.history
+    assert "robust_loss" not in rows[0]  # plain cross-entropy, no TRADES term
+    assert rows[1]["loss"] < rows[0]["loss"] - 0.01, rows  # 8 steps: the cross-entropy goes down
+
+
 def test_advmoe_draws_two_different_batches_per_step():
     data = _Data(None, torch.arange(1000, 1256), torch.empty(0), torch.empty(0))  # type: ignore[arg-type]
     cfg = tiny_cfg(Path("/nonexistent"), method="advmoe", batch_size=32)
@@ -110,6 +183,14 @@ def test_advmoe_draws_two_different_batches_per_step():
     (["--method", "at-moe", "--experts", "1"], "at least 2 experts"),
     (["--method", "at-moe", "--scale", "1.5"], "(0, 1]"),
     (["--method", "at-sdense", "--scale", "0"], "(0, 1]"),
+    (["--method", "at-dense", "--experts", "4"], "--experts only apply to MoE models"),
+    (["--method", "at-sdense", "--router", "shared", "--ste", "softmax"], "--router, --ste only apply to MoE"),
+    (["--method", "at-dense", "--scale", "0.5"], "--scale does not apply to a Dense model"),
+    (["--method", "at-moe", "--kind", "dense"], "--kind is only for --method std"),
+    (["--method", "std", "--kind", "giant"], "unknown model kind"),
+    (["--method", "at-moe", "--layout", "diagonal"], "unknown layout"),
+    (["--method", "at-moe", "--trades-start", "zero"], "unknown TRADES start"),
+    (["--method", "advmoe-public", "--router", "layer"], "needs one router network"),
 ])
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, args, needle):
     out = tmp_path / "run"
@@ -124,7 +205,8 @@ def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, args, need
 def test_eps_fraction_string_accepted():
     cfg = TrainConfig.from_dict(dict(method="at-dense", arch="resnet-tiny", dataset="cifar10", eps_str="8/255"))
     assert cfg.eps == pytest.approx(8 / 255) and cfg.eps_str == "8/255"
-    assert cfg.step_size == pytest.approx(2.5 * (8 / 255) / 2)
+    assert cfg.step_size == pytest.approx(5 / 255)  # the public code: 2 steps of 5/255 at 8/255
+    assert cfg.trades_start == "normal"
     with pytest.raises(ConfigError):
         TrainConfig.from_dict(dict(method="at-dense", arch="resnet-tiny", dataset="cifar10", bogus=1))
 
@@ -153,16 +235,19 @@ def test_cli_run_outputs_and_folder_refusal(tmp_path, tiny_root, capsys):
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 <= r["pgd10_acc"] <= r["clean_acc"] <= 100 and r["seconds"] > 0 and r["loss"] > 0
-        assert r["holdout"] == 128  # the CLI default (500) capped by the tiny test split
+        assert r["holdout"] == 102  # the CLI default (500) capped at a fifth of the 512 training images
     assert tr["final_clean_acc"] == rows[-1]["clean_acc"]
     assert (out / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == "at-moe" and cfg["experts"] == 2 and cfg["eps"] == pytest.approx(0.1)
-    # the stored model reproduces the reported held-out clean accuracy
+    assert cfg["router"] == "resnet" and cfg["layout"] == "compact" and cfg["ste"] == "identity"
+    # the stored model reproduces the reported validation accuracy, measured on training images only
     loaded = load_checkpoint(out / "ckpt.pt").model
-    from robustmoe_bench.data import as_tensors, subset_indices
-    test = load_dataset("fashion-mnist", "test", tiny_root)
-    x, y = as_tensors(test, subset_indices(len(test), 128, 1))
+    from robustmoe_bench.data import as_tensors
+    from robustmoe_bench.training import validation_split
+    val, rest = validation_split(512, 500)
+    assert val.numel() == 102 and rest.numel() == 410 and not set(val.tolist()) & set(rest.tolist())
+    x, y = as_tensors(load_dataset("fashion-mnist", "train", tiny_root), val)
     with torch.no_grad():
         acc = 100.0 * float((loaded(x).argmax(1) == y).float().mean())
     assert acc == pytest.approx(rows[-1]["clean_acc"], abs=1e-6)

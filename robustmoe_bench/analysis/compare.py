@@ -2,9 +2,18 @@
 
 Rows are models (named by the results file's stem); columns: architecture, data set, training method,
 model kind (experts / scale / router), clean accuracy, robust accuracy under each attack (the union
-over all files; ``-`` where a file did not run that attack), the per-example worst case, GFLOPs per
-input (pathway + router) and the saving against a Dense model of the same architecture and data set
-when one is among the inputs (``1 - gflops / dense_gflops``; else ``-``).
+over all files; ``-`` where a file did not run that attack), the per-example worst case with its 95 %
+Wilson interval, ``n`` (``n of N`` for a subset), GFLOPs per input (pathway + router), the saving
+against a Dense model of the same architecture and data set when one is among the inputs
+(``1 - gflops / dense_gflops``; else ``-``), and ``vs best``: the exact McNemar test of the row's
+worst case against the best row's, when both were evaluated on the same examples (results carry their
+per-example outcomes and the digest of the example indices). ``p=0.41 n.s.`` marks a difference that
+is not significant at 5 %: those two models are not shown to differ. ``-``: not paired (other examples,
+or results written before per-example outcomes existed), so not tested.
+
+The terminal view (:meth:`CompareTable.to_rich`) stacks each model's description and each interval
+under its number when the console is narrower than the full table, so an 80-column terminal shows
+every cell whole.
 """
 from __future__ import annotations
 
@@ -15,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RobustMoEError
+from ..stats import count_of, mcnemar_masks, wilson
+from .. import jsonsafe
 
 SCHEMA_VERSION = 1
 WORST = "worst_case"
@@ -43,6 +54,23 @@ class CompareRow:
     worst_case: float
     gflops: float | None
     saving: float | None = None
+    n: int = 0
+    n_total: int | None = None
+    worst_interval: tuple[float, float] | None = None
+    outcomes: str | None = None
+    indices_sha256: str | None = None
+    vs_best: str = MISSING
+
+    @property
+    def n_label(self) -> str:
+        if not self.n:
+            return MISSING
+        return f"{self.n} of {self.n_total}" if self.n_total and self.n_total != self.n else str(self.n)
+
+    @property
+    def worst_text(self) -> str:
+        iv = self.worst_interval
+        return _pct(self.worst_case) + ("" if iv is None else f" [{iv[0]:.1f}, {iv[1]:.1f}]")
 
     @property
     def kind_label(self) -> str:
@@ -62,7 +90,7 @@ class CompareTable:
 
     def headers(self) -> list[str]:
         return (["model", "arch", "dataset", "method", "kind", "clean"] + self.attacks
-                + ["worst case", "GFLOPs", "saving vs Dense"])
+                + ["worst case [95% CI]", "n", "vs best", "GFLOPs", "saving vs Dense"])
 
     def cells(self) -> list[list[str]]:
         """Formatted cells: accuracies with two decimals, GFLOPs with four significant digits."""
@@ -70,7 +98,7 @@ class CompareTable:
         for r in self.rows:
             acc = [_pct(r.robust_acc[a]) if a in r.robust_acc else MISSING for a in self.attacks]
             out.append([r.name, r.arch, r.dataset, r.method, r.kind_label, _pct(r.clean_acc), *acc,
-                        _pct(r.worst_case),
+                        r.worst_text, r.n_label, r.vs_best,
                         MISSING if r.gflops is None else f"{r.gflops:.4g}",
                         MISSING if r.saving is None else f"{100 * r.saving:.1f}%"])
         return out
@@ -80,16 +108,57 @@ class CompareTable:
         terminal-width view; the worst case still covers every attack run."""
         return CompareTable(self.rows, [a for a in self.attacks if a in attacks])
 
-    def to_rich(self):
-        """The table as a ``rich.table.Table`` for the terminal."""
+    def to_rich(self, width: int | None = None):
+        """The table as a ``rich.table.Table``. ``width``: the console's width; when the full layout
+        would not fit, a stacked one (description under the model name, interval under the worst
+        case; arch/dataset/method/kind and the saving folded into the model cell) keeps every cell whole."""
+        from rich import box
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title="Model comparison (accuracy in %, worst case = per-example over every attack run)")
-        for i, h in enumerate(self.headers()):
-            t.add_column(h, justify="left" if i < 5 else "right", style="bold" if i == 0 else None)
-        for row in self.cells():
-            t.add_row(*row)
+        title = "Model comparison (accuracy in %, worst case = per-example over every attack run)"
+        if width is None or width >= self._full_width():
+            t = Table(title=title)
+            for i, h in enumerate(self.headers()):
+                t.add_column(escape(h), justify="left" if i < 5 else "right", style="bold" if i == 0 else None)
+            for row in self.cells():
+                t.add_row(*(escape(c) for c in row))
+            return t
+        # What every row shares goes into the title once; each model cell keeps only what differs.
+        shared = []
+        for label, get in (("arch", lambda r: r.arch), ("dataset", lambda r: r.dataset), ("n", lambda r: r.n_label)):
+            values = {get(r) for r in self.rows}
+            if len(values) == 1:
+                shared.append(f"{label} {values.pop()}")
+        t = Table(title=title + (f"; {', '.join(shared)}" if shared else ""), box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1))
+        t.add_column("model", style="bold", overflow="fold", min_width=min(20, max(len(r.name) for r in self.rows)))
+        t.add_column("clean", justify="right", no_wrap=True)
+        for a in self.attacks:
+            t.add_column(escape(a), justify="right", no_wrap=True)
+        t.add_column("worst\n[95% CI]", justify="right", no_wrap=True)
+        t.add_column("vs best", justify="right", no_wrap=True)
+        t.add_column("GFLOPs", justify="right", no_wrap=True)
+        for r in self.rows:
+            parts = [r.kind_label] if r.method in (MISSING, r.name) else [r.method, r.kind_label]
+            parts += [x for label, x in (("arch", r.arch), ("dataset", r.dataset), ("n", f"n={r.n_label}"))
+                      if not any(s.startswith(label + " ") for s in shared)]
+            if r.saving is not None:
+                parts.append(f"saves {100 * r.saving:.0f}%")
+            desc = f"[dim]{escape(', '.join(parts))}[/]"
+            acc = [_pct(r.robust_acc[a]) if a in r.robust_acc else MISSING for a in self.attacks]
+            iv = r.worst_interval
+            worst = _pct(r.worst_case) + ("" if iv is None else f"\n[dim]\\[{iv[0]:.1f}, {iv[1]:.1f}][/]")
+            vs = escape(r.vs_best).replace(" n.s.", "\nn.s.")
+            t.add_row(f"{escape(r.name)}\n{desc}", _pct(r.clean_acc), *acc, worst, vs,
+                      MISSING if r.gflops is None else f"{r.gflops:.4g}")
         return t
+
+    def _full_width(self) -> int:
+        """Characters the full layout needs (cells, padding and borders)."""
+        cells = [self.headers()] + self.cells()
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+        return sum(widths) + 3 * len(widths) + 1
 
     def to_markdown(self) -> str:
         """GitHub Markdown table (text left-aligned, numbers right-aligned), newline-terminated."""
@@ -115,7 +184,7 @@ def read_result(path: str | os.PathLike) -> CompareRow:
     """Parse and check one evaluation results JSON (format: docs/DEVELOPING.md)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = jsonsafe.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ResultsFileError(f"{p}: no such results file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -139,11 +208,32 @@ def read_result(path: str | os.PathLike) -> CompareRow:
     if isinstance(g, dict) and g.get("total") is not None:
         total = _number(g, "total", p, "gflops ")
     training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    experts, scale = model.get("experts", 0), model.get("scale", 1.0)
+    if isinstance(experts, bool) or not isinstance(experts, int):
+        raise ResultsFileError(f"{p}: model 'experts' must be an integer, got {experts!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ResultsFileError(f"{p}: model 'scale' must be a number, got {scale!r}")
+    n = data.get("n_examples", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ResultsFileError(f"{p}: 'n_examples' must be a non-negative integer, got {n!r}")
+    n_total = data.get("n_total")
+    if n_total is not None and (isinstance(n_total, bool) or not isinstance(n_total, int)):
+        raise ResultsFileError(f"{p}: 'n_total' must be an integer, got {n_total!r}")
+    ex = data.get("examples") if isinstance(data.get("examples"), dict) else {}
+    outcomes = ex.get("worst_case")
+    if outcomes is not None and (not isinstance(outcomes, str) or len(outcomes) != n or set(outcomes) - {"0", "1"}):
+        raise ResultsFileError(f"{p}: examples.worst_case must be a string of {n} '0'/'1' characters")
+    sha = ex.get("indices_sha256") if isinstance(ex.get("indices_sha256"), str) else None
+    iv = None
+    if n:
+        w = wilson(min(n, max(0, count_of(accs[WORST], n))), n)
+        iv = (w.low, w.high)
     return CompareRow(
         name=p.stem, path=str(p), arch=model["arch"], dataset=str(model.get("dataset", data.get("dataset", "?"))),
-        method=str(training.get("method", MISSING)), kind=model["kind"], experts=int(model.get("experts", 0)),
-        scale=float(model.get("scale", 1.0)), router=str(model.get("router", "")), clean_acc=clean,
+        method=str(training.get("method", MISSING)), kind=model["kind"], experts=experts,
+        scale=float(scale), router=str(model.get("router", "")), clean_acc=clean,
         robust_acc={k: v for k, v in accs.items() if k != WORST}, worst_case=accs[WORST], gflops=total,
+        n=n, n_total=n_total, worst_interval=iv, outcomes=outcomes, indices_sha256=sha,
     )
 
 
@@ -161,10 +251,31 @@ def compare_results(paths: list[str | os.PathLike]) -> CompareTable:
         if r.kind == "dense" and r.gflops is not None:
             dense.setdefault((r.arch, r.dataset), r.gflops)
     rows = [_with_saving(r, dense.get((r.arch, r.dataset))) for r in rows]
+    rows = _paired_tests(rows)
     attacks: list[str] = []
     for r in rows:
         attacks += [a for a in r.robust_acc if a not in attacks]
     return CompareTable(rows, attacks)
+
+
+def _paired_tests(rows: list[CompareRow]) -> list[CompareRow]:
+    """``vs_best`` for every row: the exact McNemar test of its worst-case outcomes against the best
+    row's (highest worst case; the first such in input order), where both are paired."""
+    if len(rows) < 2:
+        return rows
+    best = max(rows, key=lambda r: r.worst_case)
+    out = []
+    for r in rows:
+        if r is best:
+            text = "best"
+        elif (r.outcomes is None or best.outcomes is None or r.indices_sha256 is None
+              or r.indices_sha256 != best.indices_sha256 or r.dataset != best.dataset):
+            text = MISSING
+        else:
+            t = mcnemar_masks(best.outcomes, r.outcomes)
+            text = f"p={t.p_value:.2g}" + ("" if t.significant() else " n.s.")
+        out.append(CompareRow(**{**r.__dict__, "vs_best": text}))
+    return out
 
 
 def _renamed(r: CompareRow, name: str) -> CompareRow:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import ConfigError
+from ..training.config import METHOD_KINDS
 
 SCHEMA_VERSION = 1
 
@@ -137,7 +138,9 @@ class SweepConfig:
 
         kw: dict[str, Any] = dict(self.train_overrides, method=method, seed=self.train_overrides.get("seed", self.seed))
         if experts is not None:
-            kw.update(experts=experts, scale=scale)
+            kw["scale"] = scale
+            if METHOD_KINDS.get(method) == "moe":
+                kw["experts"] = experts
         if self.data_root is not None:
             kw["data_root"] = self.data_root
         return TrainConfig.from_preset(self.preset, **kw)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .base import Attack, positive_float, positive_int
 
 #: ``loss_fn(model, x_adv, y, idx) -> (loss, done)``: ``x_adv`` ``[b, C, H, W]`` (requires grad) and ``y``
@@ -103,6 +104,8 @@ class PGD(Attack):
         seed (int): seed for the random start. Default: 0.
         steps (int): number of steps. Default: 50.
         step_size (float | None): step length; ``None`` means ``2.5 * eps / steps``. Default: None.
+        step_fraction (float | None): step length as a fraction of ``eps`` (``0.25``: the AdvMoE public
+            code's evaluation step, 2/255 at 8/255); exclusive with ``step_size``. Default: None.
         random_start (bool): start at a random point of the ball (uniform for L-inf). Default: True.
         early_stop (bool): freeze examples once misclassified and stop computing on them; this can only
             lower robust accuracy (see the module docstring). Default: True.
@@ -128,13 +131,20 @@ class PGD(Attack):
         seed: int = 0,
         steps: int = 50,
         step_size: float | None = None,
+        step_fraction: float | None = None,
         random_start: bool = True,
         early_stop: bool = True,
         **hyper: object,
     ) -> None:
         super().__init__(eps, norm, seed=seed, **hyper)
         self.steps = positive_int("steps", steps)
-        self.step_size = positive_float("step_size", step_size) if step_size is not None else 2.5 * self.eps / self.steps
+        if step_size is not None and step_fraction is not None:
+            raise ConfigError("give step_size or step_fraction, not both")
+        self.step_fraction = None if step_fraction is None else positive_float("step_fraction", step_fraction)
+        if self.step_fraction is not None:
+            self.step_size = self.step_fraction * self.eps
+        else:
+            self.step_size = positive_float("step_size", step_size) if step_size is not None else 2.5 * self.eps / self.steps
         self.random_start = bool(random_start)
         self.early_stop = bool(early_stop)
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "pipeline_cmd",
     "flops_cmd", "compare_cmd",
     "convert_cmd",
+    "reproduce_cmd",
 ]
 
 for _name in COMMAND_MODULES:

@@ -93,7 +93,7 @@ def dissect_cmd(
     if res.routers_alone_robust_acc is not None:
         console.print(f"robust accuracy of the routers alone (routing unchanged under router attack): "
                       f"{res.routers_alone_robust_acc:.2f}%")
-    console.print(f"wrote {out / 'dissect.json'} and {out / 'dissect.png'} ({res.seconds:.1f} s)")
+    console.print(f"wrote {out / 'dissect.json'} and {out / 'dissect.png'} ({res.seconds:.1f} s)", markup=False)
 
 
 @app.command("iou")
@@ -241,4 +241,4 @@ def sweep_cmd(
     if res.dense is not None:
         t.caption = f"Dense reference ({res.dense.method}): {res.dense.robust_acc:.2f} / {res.dense.clean_acc:.2f}"
     console.print(t)
-    console.print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
+    console.print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}", markup=False)

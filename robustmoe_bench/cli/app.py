@@ -14,6 +14,7 @@ import typer
 from typer._click import exceptions as click_exc
 from typer.exceptions import Abort
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import RobustMoEError
 
@@ -40,13 +41,13 @@ def run(argv: list[str] | None = None) -> int:
         err_console.print("[bold red]aborted[/]")
         return 130
     except click_exc.NoArgsIsHelpError as e:
-        err_console.print(e.ctx.get_help() if e.ctx else str(e))
+        err_console.print(e.ctx.get_help() if e.ctx else str(e), markup=False)
         return 2
     except click_exc.ClickException as e:  # usage errors: bad option, missing argument, bad choice
-        err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(e.format_message())}", highlight=False, soft_wrap=True)
         return 2
     except RobustMoEError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
@@ -55,7 +56,7 @@ def run(argv: list[str] | None = None) -> int:
         if os.environ.get("ROBUSTMOE_TRACEBACK"):
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+            f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
             "(this is a bug; rerun with ROBUSTMOE_TRACEBACK=1 and report it)",
             highlight=False, soft_wrap=True,
         )

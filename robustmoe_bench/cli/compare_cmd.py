@@ -18,7 +18,7 @@ def compare_cmd(
 ) -> None:
     """Compare models: clean and robust accuracy per attack, worst case, GFLOPs and saving vs Dense."""
     table = compare_results(list(results))
-    console.print(table.to_rich())
+    console.print(table.to_rich(console.width))
     if markdown is not None:
         atomic_write_bytes(markdown, table.to_markdown().encode("utf-8"))
-        console.print(f"wrote {markdown}")
+        console.print(f"wrote {markdown}", markup=False, highlight=False)

@@ -33,4 +33,4 @@ def convert_cmd(
     model = convert_advmoe_public(raw, arch=arch, experts=experts, scale=scale, dataset=dataset)
     save_checkpoint(out, model, training=public_training_record(raw, ckpt))
     console.print(f"wrote {out}: {model.spec.describe()}, "
-                  f"{sum(p.numel() for p in model.parameters()):,} parameters", highlight=False)
+                  f"{sum(p.numel() for p in model.parameters()):,} parameters", highlight=False, markup=False)

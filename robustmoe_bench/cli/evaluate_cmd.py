@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..evaluation import DEFAULT_BATCH_SIZE, SUITES, EvalResult, evaluate
@@ -12,33 +13,55 @@ from . import model_options as mo
 from .app import app, console
 
 
+def _ci(res: EvalResult, section: str, key: str | None, value: float | None) -> str:
+    """``"57.50 [50.6, 64.1]"`` from the result's intervals (older results: the number alone)."""
+    if value is None:
+        return ""
+    iv = res.intervals.get(section) if res.intervals else None
+    if isinstance(iv, dict) and key is not None:
+        iv = iv.get(key)
+    if isinstance(iv, dict) and "low" in iv:
+        return f"{value:.2f} [{iv['low']:.1f}, {iv['high']:.1f}]"
+    return f"{value:.2f}"
+
+
 def results_table(res: EvalResult) -> Table:
-    """attack | robust acc | routing change | attacked | seconds, the worst case in bold (flags: see
-    :func:`flag_lines`)."""
-    t = Table(title=f"{res.suite} suite on {res.dataset} ({res.threat_model}, eps={res.eps_str}, n={res.n_examples})")
+    """attack | robust acc in the cascade [95 % CI] | alone [95 % CI] | routing change | attacked |
+    seconds, the worst case in bold (flags: see :func:`flag_lines`)."""
+    of = f" of {res.n_total}" if res.n_total and res.n_total != res.n_examples else ""
+    t = Table(title=f"{res.suite} suite on {res.dataset} ({res.threat_model}, eps={res.eps_str}, "
+                    f"n={res.n_examples}{of}); accuracy % [95% Wilson interval]")
     t.add_column("attack", style="bold")
-    t.add_column("robust acc %", justify="right")
-    t.add_column("routing change %", justify="right")
+    t.add_column("cascade", justify="right", no_wrap=True)
+    t.add_column("alone", justify="right", no_wrap=True)
+    t.add_column("routing change %", justify="right", max_width=9)
     t.add_column("attacked", justify="right")
     t.add_column("seconds", justify="right")
-    t.add_row("clean", f"{res.clean_acc:.2f}", "", "", "")
+    t.add_row("clean", _ci(res, "clean_acc", None, res.clean_acc), "", "", "", "")
     for a in res.attacks:
         if a.skipped is not None:
-            t.add_row(a.name, "[dim]skipped[/]", "", "", "[dim]see below[/]")  # the reason: under the table
+            t.add_row(escape(a.name), "[dim]skipped[/]", "", "", "", "[dim]see below[/]")  # the reason: under the table
             continue
         change = "" if a.routing_change is None else f"{a.routing_change:.2f}"
-        t.add_row(a.name, f"{a.robust_acc:.2f}", change, str(a.n_attacked), f"{a.seconds:.1f}")
-    t.add_row("[bold]worst case[/]", f"[bold]{res.worst_case:.2f}[/]", "", "", f"{res.seconds:.1f}")
+        t.add_row(escape(a.name), _ci(res, "robust_acc", a.name, a.robust_acc),
+                  _ci(res, "robust_acc_alone", a.name, a.robust_acc_alone), change, str(a.n_attacked),
+                  f"{a.seconds:.1f}")
+    groups = [g for g in res.robust_acc_alone if g not in {a.name for a in res.attacks}]
+    for g in groups:
+        t.add_row(f"{escape(g)} (group)", _ci(res, "robust_acc", g, res.robust_acc.get(g)),
+                  _ci(res, "robust_acc_alone", g, res.robust_acc_alone[g]), "", "", "")
+    t.add_row("[bold]worst case[/]", f"[bold]{_ci(res, 'robust_acc', 'worst_case', res.worst_case)}[/]", "", "", "",
+              f"{res.seconds:.1f}")
     skipped = [a.name for a in res.attacks if a.skipped is not None]
     if skipped:  # never silently fewer attacks: say what the worst case covers
         t.caption = (f"worst case over {len(res.attacks) - len(skipped)} of {len(res.attacks)} attacks; "
-                     f"skipped: {', '.join(skipped)} (reasons below)")
+                     f"skipped: {escape(', '.join(skipped))} (reasons below)")
     return t
 
 
 def flag_lines(res: EvalResult) -> list[str]:
     """One line per gradient-masking check: ✓/✗, its name and its evidence (rich markup)."""
-    return [f"{'[green]✓[/]' if f['passed'] else '[bold red]✗[/]'} [bold]{name}[/]: {f['evidence']}"
+    return [f"{'[green]✓[/]' if f['passed'] else '[bold red]✗[/]'} [bold]{escape(name)}[/]: {escape(str(f['evidence']))}"
             for name, f in res.flags.items()]
 
 
@@ -90,10 +113,10 @@ def evaluate_cmd(
         console.print(line, highlight=False)
     for a in res.attacks:
         if a.skipped is not None:
-            console.print(f"[yellow]skipped[/] [bold]{a.name}[/]: {a.skipped}", highlight=False)
+            console.print(f"[yellow]skipped[/] [bold]{escape(a.name)}[/]: {escape(a.skipped)}", highlight=False)
     if any(a.skipped is not None for a in res.attacks):
-        console.print(f"worst case over: {', '.join(res.worst_case_attacks)}", highlight=False)
+        console.print(f"worst case over: {escape(', '.join(res.worst_case_attacks))}", highlight=False)
     if res.unreliable:
         console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
     if out is not None:
-        console.print(f"results written to {out}")
+        console.print(f"results written to {out}", markup=False, highlight=False)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from ..leaderboard import DEFAULT_ROOT, LeaderboardError, build, publish_results, validate_root
 from .app import app, console, err_console
@@ -42,8 +43,9 @@ def publish_cmd(
     )
     ext = f", external {entry.external:.2f}%" if entry.external is not None else ""
     warn = " [bold yellow](unreliable: gradient-masking checks failed)[/]" if entry.unreliable else ""
+    n = f" on {entry.extras.n_examples} examples" if entry.extras is not None else ""
     console.print(
-        f"wrote {path}: clean {entry.clean_acc:.2f}%, AutoAttack {entry.autoattack_acc:.2f}%{ext}{warn}",
+        f"wrote {escape(str(path))}: clean {entry.clean_acc:.2f}%, AutoAttack {entry.autoattack_acc:.2f}%{ext}{n}{warn}",
         highlight=False, soft_wrap=True,
     )
 
@@ -51,18 +53,26 @@ def publish_cmd(
 @leaderboard_app.command("validate")
 def validate_cmd(root: Path = typer.Option(DEFAULT_ROOT, "--root", help=ROOT_HELP)) -> None:
     """Check every entry against the shipped JSON schema; list each problem with its file."""
-    n, problems = validate_root(root)
-    for p in problems:
+    n, found = validate_root(root)
+    for p in found:
         err_console.print(str(p), highlight=False, soft_wrap=True, markup=False)
+    problems = [p for p in found if not p.warning]
     if problems:
         files = len({p.path for p in problems})
         raise LeaderboardError(f"{len(problems)} problem(s) in {files} file(s) under {root} ({n} entries checked)")
-    console.print(f"{n} entr{'y' if n == 1 else 'ies'} under {root}: all valid", highlight=False, soft_wrap=True)
+    warned = f" ({len(found)} warning(s))" if found else ""
+    console.print(f"{n} entr{'y' if n == 1 else 'ies'} under {root}: all valid{warned}", highlight=False,
+                  soft_wrap=True, markup=False)
 
 
 @leaderboard_app.command("build")
 def build_cmd(root: Path = typer.Option(DEFAULT_ROOT, "--root", help=ROOT_HELP)) -> None:
     """Write ROOT/README.md and ROOT/index.html: one ranked table per data set and threat model."""
-    paths, board = build(root)
+    paths, board, found = build(root)
+    for p in found:
+        err_console.print(str(p), highlight=False, soft_wrap=True, markup=False)
     n = sum(len(rows) for rows in board.values())
-    console.print(f"wrote {', '.join(str(p) for p in paths)} ({n} entries in {len(board)} tables)", highlight=False, soft_wrap=True)
+    left_out = len({p.path for p in found if not p.warning})
+    skipped = f"; left out {left_out} file(s) with problems (listed above)" if left_out else ""
+    console.print(f"wrote {', '.join(str(p) for p in paths)} ({n} entries in {len(board)} tables{skipped})",
+                  highlight=False, soft_wrap=True, markup=False)

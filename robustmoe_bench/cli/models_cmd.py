@@ -10,6 +10,7 @@ from rich.table import Table
 from ..checkpoint import load_checkpoint, read_meta
 from ..models import ARCHITECTURES, KINDS, ROUTERS
 from ..models.factory import architecture_doc
+from rich.markup import escape
 from .app import app, console
 
 
@@ -65,16 +66,16 @@ def info_cmd(
     if as_json:
         console.print_json(json.dumps(info, default=str))
         return
-    t = Table(title=f"{ckpt}", show_header=False)
+    t = Table(title=escape(str(ckpt)), show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")
-    t.add_row("model", info["description"])
+    t.add_row("model", escape(info["description"]))
     t.add_row("parameters", f"{n_params:,}")
     t.add_row("MoE layers", str(info["moe_layers"]))
     spec = meta["model"]
-    t.add_row("input", f"{tuple(spec['input_shape'])}, {spec['num_classes']} classes")
+    t.add_row("input", escape(f"{tuple(spec['input_shape'])}, {spec['num_classes']} classes"))
     tr = info["training"]
     if tr:
-        t.add_row("training", json.dumps(tr, sort_keys=True))
-    t.add_row("written by", f"robustmoe-bench {info['package_version']}")
+        t.add_row("training", escape(json.dumps(tr, sort_keys=True)))
+    t.add_row("written by", escape(f"robustmoe-bench {info['package_version']}"))
     console.print(t)

@@ -35,6 +35,6 @@ def pipeline_cmd(
         leaderboard_root=str(leaderboard_root) if leaderboard_root else None, workers=workers,
     )
     res = run_pipeline(cfg, console)
-    console.print(f"\nleaderboard: {', '.join(res.leaderboard_pages) or 'nothing published'}")
-    console.print(f"comparison: {res.comparison}")
+    console.print(f"\nleaderboard: {', '.join(res.leaderboard_pages) or 'nothing published'}", markup=False)
+    console.print(f"comparison: {res.comparison}", markup=False)
     console.print("seconds: " + ", ".join(f"{k} {v:g}" for k, v in res.seconds.items()))

@@ -8,22 +8,28 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from rich.markup import escape
 from .app import app, console
 
 
 @app.command("train")
 def train_cmd(
-    method: Optional[str] = typer.Option(None, "--method", help="std, at-dense, at-sdense, at-sparse, at-moe, advmoe."),
+    method: Optional[str] = typer.Option(None, "--method", help="std, at-dense, at-sdense, at-sparse, at-moe, advmoe, advmoe-public."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="std only: model kind dense, sdense, sparse or moe."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture (see `robustmoe-bench models`)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set name, e.g. fashion-mnist, cifar10."),
     experts: Optional[int] = typer.Option(None, "--experts", help="Experts per MoE layer (MoE methods; >= 2)."),
     scale: Optional[float] = typer.Option(None, "--scale", help="Model scale r in (0, 1]."),
-    router: Optional[str] = typer.Option(None, "--router", help="Router design: layer or shared."),
+    router: Optional[str] = typer.Option(None, "--router", help="MoE router: resnet (default), shared or layer."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="MoE expert layout: compact (default) or slice."),
+    ste: Optional[str] = typer.Option(None, "--ste", help="MoE straight-through estimator: identity (default) or softmax."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (at-sparse: over all three phases)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine decay)."),
     eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius in [0,1] units, e.g. 0.1 or 8/255."),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="PGD steps K of the TRADES attack."),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="TRADES attack step (default 0.625*eps)."),
+    trades_start: Optional[str] = typer.Option(None, "--trades-start", help="TRADES attack start: normal (default) or uniform."),
     beta: Optional[float] = typer.Option(None, "--beta", help="TRADES beta."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on this many training examples."),
@@ -44,7 +50,8 @@ def train_cmd(
                "data_root": str(data_root) if data_root is not None else None}
     runtime = {k: v for k, v in runtime.items() if v is not None}
     given = {
-        "method": method, "arch": arch, "dataset": dataset, "experts": experts, "scale": scale, "router": router,
+        "method": method, "kind": kind, "arch": arch, "dataset": dataset, "experts": experts, "scale": scale,
+        "router": router, "layout": layout, "ste": ste, "step_size": step_size, "trades_start": trades_start,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "eps_str": eps, "train_steps": train_steps,
         "beta": beta, "seed": seed, "subset": subset,
         "from_dense": str(from_dense) if from_dense is not None else None,
@@ -76,7 +83,7 @@ def train_cmd(
     result = train(cfg, target, progress=not quiet, resume=resume is not None)
     if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         console.print(
-            f"[bold]done[/]: {result.ckpt}  clean {result.final_clean_acc:.1f}%  "
+            f"[bold]done[/]: {escape(str(result.ckpt))}  clean {result.final_clean_acc:.1f}%  "
             f"PGD-10 {result.final_pgd10_acc:.1f}%  ({result.seconds:.0f}s over {result.epochs} epochs)",
             highlight=False,
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..zoo import Zoo, ZooError, get_zoo_model, load_zoo_checkpoint, register_zoo_model, weights_status, zoo_models
@@ -31,15 +32,15 @@ def list_cmd(
         console.print_json(json.dumps([dict(name=m.name, status=status[m.name], **m.to_dict()) for m in models]))
     else:
         zoo = Zoo.resolve(root)
-        t = Table(title=f"Model zoo ({zoo.registry_path})")
+        t = Table(title=escape(f"Model zoo ({zoo.registry_path})"))
         for col in ("name", "model", "method", "results", "weights"):
             t.add_column(col, style="bold" if col == "name" else None)
         for m in models:
             s = status[m.name]
-            t.add_row(m.name, _describe(m.model), str(m.training.get("method", "")), m.headline,
-                      f"[{_STYLE[s]}]{s}[/]")
+            t.add_row(escape(m.name), escape(_describe(m.model)), escape(str(m.training.get("method", ""))),
+                      escape(m.headline), f"[{_STYLE[s]}]{s}[/]")
         if not models:
-            console.print(f"the zoo at {zoo.registry_path} is empty", highlight=False, soft_wrap=True)
+            console.print(f"the zoo at {zoo.registry_path} is empty", highlight=False, soft_wrap=True, markup=False)
         else:
             console.print(t)
     bad = sorted(n for n, s in status.items() if s == "MISMATCH")
@@ -68,23 +69,23 @@ def show_cmd(
     if as_json:
         console.print_json(json.dumps(dict(name=m.name, **m.to_dict())))
     else:
-        t = Table(title=f"zoo model {m.name}", show_header=False)
+        t = Table(title=escape(f"zoo model {m.name}"), show_header=False)
         t.add_column("key", style="bold")
         t.add_column("value")
-        t.add_row("model", _describe(m.model))
+        t.add_row("model", escape(_describe(m.model)))
         if m.description:
-            t.add_row("description", m.description)
-        t.add_row("weights", m.file if m.file is not None else str(m.url))
+            t.add_row("description", escape(m.description))
+        t.add_row("weights", escape(m.file if m.file is not None else str(m.url)))
         t.add_row("sha256", m.sha256)
         t.add_row("size", f"{m.size_bytes:,} bytes")
         if m.training:
-            t.add_row("training", json.dumps(m.training, sort_keys=True))
-        t.add_row("results", m.headline)
+            t.add_row("training", escape(json.dumps(m.training, sort_keys=True)))
+        t.add_row("results", escape(m.headline))
         if m.results and m.results.get("gflops"):
             g = m.results["gflops"]
-            t.add_row("GFLOPs", f"pathway {g.get('pathway')}, router {g.get('router')}, total {g.get('total')}")
+            t.add_row("GFLOPs", escape(f"pathway {g.get('pathway')}, router {g.get('router')}, total {g.get('total')}"))
         if m.leaderboard:
-            t.add_row("leaderboard entry", m.leaderboard)
+            t.add_row("leaderboard entry", escape(m.leaderboard))
         console.print(t)
     ckpt = load_zoo_checkpoint(name, root, download=download)  # raises on a mismatch
     n = sum(p.numel() for p in ckpt.model.parameters())
@@ -109,4 +110,4 @@ def add_cmd(
                            leaderboard=leaderboard, force=force)
     where = m.url if m.url is not None else str(Zoo.resolve(root).files_dir / str(m.file))
     console.print(f"added {m.name}: {where} (sha256 {m.sha256[:12]}..., {m.size_bytes:,} bytes); {m.headline}",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=False)

@@ -3,19 +3,34 @@
 Each check returns ``{"passed": bool, "evidence": str, "values": {...}}``. A failed check is reported in
 the results (``flags``) and makes them ``unreliable``; it never changes or hides a number.
 
-* ``eps_increase``: PGD accuracy must fall towards 0 as the radius grows; at 16x the radius it must
-  be below 5 % (an L-inf ball that large covers most of the image box, so only masked gradients keep
-  a model "robust").
-* ``square_vs_whitebox``: gradient-free Square must not beat the white-box attacks by more than 1
-  percentage point on the same examples (if it does, the gradients mislead the white-box attacks).
-  Measured as what Square breaks beyond the white-box attacks (see :func:`square_vs_whitebox`).
-* ``zero_gradients``: share of examples whose cross-entropy input gradient is exactly zero everywhere.
-  A differentiable classifier has an all-zero gradient only where its loss is flat (a saturated
-  softmax, a piecewise-constant component): a gradient attack then cannot start there. Well-behaved
-  models give ~0 %, so the threshold (> 10 % of examples) is far above noise and still catches masking
-  on a minority of inputs. The share of exactly-zero entries is reported as evidence.
+Calibration. A flag that fires on ordinary adversarially trained models teaches users to ignore it, so
+each counting check is a one-sided exact binomial test with a minimum count, not a fixed share of n:
+it fails only when the count ``k`` of ``m`` examples is both
+
+* at least :data:`MIN_COUNT` (a handful of examples is never evidence on its own), and
+* significantly above the rate ``p0`` an ordinary model may show: ``P(X >= k) <= ALPHA`` for
+  ``X ~ Binomial(m, p0)``, with ``ALPHA`` = 1 %.
+
+False-positive rate: for any model whose true rate is at most ``p0``, a check fails with probability at
+most ``ALPHA`` = 1 % (the exact binomial test is conservative; the minimum count only lowers it), at any
+n. With four checks, an ordinary model is flagged with probability below 4 % (deterministic_routing is
+exact and adds none on deterministic hardware). The price is power at small n: at n = 64 Square must
+break at least 5-7 of the white-box survivors to be flagged; a masking model, where Square breaks most
+of them, is still caught.
+
+* ``eps_increase``: PGD-20 accuracy as the radius grows to 16x (capped below 1 for L-inf, where the
+  ball covers almost the whole image box, so only masked gradients keep a model "robust"). ``k``:
+  examples still correct at 16x; ``p0`` = 5 % (:data:`EPS_INCREASE_P0`).
+* ``square_vs_whitebox``: does gradient-free Square beat the white-box attacks? ``k``: examples the
+  white-box attacks left robust that Square broke; ``m``: those survivors; ``p0`` = 5 %
+  (:data:`SQUARE_P0`): a different attack finds a few extra examples on any model (measured: the
+  zoo's TRADES models at n = 200 had Square break 1 of 29 and 2 of 17 survivors of the 64 checked).
+* ``zero_gradients``: examples (clean-correct, where an attack starts) whose cross-entropy input
+  gradient is exactly zero everywhere. A differentiable classifier has an all-zero gradient only where
+  its loss is flat (a saturated softmax, a piecewise-constant component such as an input quantiser or
+  hard routing into a constant expert). ``p0`` = 2 % (:data:`ZERO_GRAD_P0`).
 * ``deterministic_routing``: two passes over the same inputs give identical expert choices and
-  logits (randomised routing would make every attack number depend on luck).
+  logits (randomised routing would make every attack number depend on luck). Exact: no statistics.
 """
 from __future__ import annotations
 
@@ -25,22 +40,43 @@ import torch
 from torch import Tensor
 
 from ..attacks.base import check_in_ball
+from ..stats import binom_critical, binom_sf
 from .suites import derive_seed, has_routing, predict
 
 EPS_MULTIPLIERS = (1, 2, 4, 8, 16)
-EPS_INCREASE_MAX_ACC = 5.0
-SQUARE_MARGIN_PP = 1.0
-ZERO_GRAD_MAX_SHARE = 10.0
 EPS_CHECK_STEPS = 20
 #: L-inf radii are capped just below 1: the attacks refuse eps >= 1 (pixel units), and 0.999 already
 #: reaches almost every point of the [0, 1] box.
 LINF_CAP = 0.999
+#: Significance level of every counting check (its false-positive rate bound).
+ALPHA = 0.01
+#: No check fails on fewer examples than this.
+MIN_COUNT = 5
+#: Rates an ordinary model may show (the null hypotheses).
+EPS_INCREASE_P0 = 0.05
+SQUARE_P0 = 0.05
+ZERO_GRAD_P0 = 0.02
 
 Check = dict[str, Any]
 
 
 def _pct(count: int, total: int) -> float:
     return round(100.0 * count / total, 4) if total else 0.0
+
+
+def count_rule(k: int, m: int, p0: float, alpha: float = ALPHA, min_count: int = MIN_COUNT) -> dict[str, Any]:
+    """The statistical rule of the counting checks: ``k`` of ``m`` is flagged when ``k >= min_count`` and
+    ``P(Binomial(m, p0) >= k) <= alpha``. Returns ``flagged``, ``p_value``, and ``fail_at`` (the smallest
+    flagged count for this ``m``; ``m + 1`` when none is possible)."""
+    p_value = binom_sf(k, m, p0)
+    fail_at = max(min_count, binom_critical(m, p0, alpha))
+    return {"flagged": bool(k >= min_count and p_value <= alpha), "p_value": p_value,
+            "fail_at": fail_at if fail_at <= m else m + 1}
+
+
+def _rule_text(rule: dict[str, Any], m: int, p0: float) -> str:
+    fail_at = "never at this n" if rule["fail_at"] > m else f">= {rule['fail_at']}"
+    return f"one-sided binomial p = {rule['p_value']:.2g} against {100 * p0:g}%; fails at {fail_at} (alpha {ALPHA:g})"
 
 
 def _run(factory: Callable[..., Any], name: str, eps: float, norm: str, seed: int, model: torch.nn.Module,
@@ -60,24 +96,29 @@ def _run(factory: Callable[..., Any], name: str, eps: float, norm: str, seed: in
 
 def eps_increase(model: torch.nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, seed: int,
                  factory: Callable[..., Any]) -> Check:
-    """PGD-20 accuracy on ``x`` ``[B, C, H, W]`` at eps x (1, 2, 4, 8, 16); passes if the last is < 5 %.
+    """PGD-20 accuracy on ``x`` ``[B, C, H, W]`` at eps x (1, 2, 4, 8, 16); fails when the examples still
+    correct at x16 are too many for a true rate of 5 % (:func:`count_rule`).
 
     L-inf radii are capped at :data:`LINF_CAP` (nearly the whole [0, 1] box); the radii used are recorded."""
     accs: dict[str, float] = {}
     radii: dict[str, float] = {}
+    last_count = 0
     for m in EPS_MULTIPLIERS:
         e = min(eps * m, LINF_CAP) if norm == "Linf" else eps * m
         radii[f"x{m}"] = round(e, 6)
         ok = _run(factory, "pgd", e, norm, derive_seed(seed, 1, m), model, x, y, steps=EPS_CHECK_STEPS)
         accs[f"x{m}"] = _pct(int(ok.sum()), len(y))
-    last = accs[f"x{EPS_MULTIPLIERS[-1]}"]
-    passed = last < EPS_INCREASE_MAX_ACC
+        last_count = int(ok.sum())
+    n = len(y)
+    rule = count_rule(last_count, n, EPS_INCREASE_P0)
+    passed = not rule["flagged"]
     ev = ", ".join(f"{k} {v:.1f}%" for k, v in accs.items())
     return {
         "passed": passed,
-        "evidence": f"PGD-{EPS_CHECK_STEPS} accuracy on {len(y)} examples as eps grows: {ev} "
-                    f"({'<' if passed else '>='} {EPS_INCREASE_MAX_ACC:g}% at x{EPS_MULTIPLIERS[-1]})",
-        "values": {"accuracy": accs, "eps": radii, "n": len(y)},
+        "evidence": f"PGD-{EPS_CHECK_STEPS} accuracy on {n} examples as eps grows: {ev}; {last_count} of {n} "
+                    f"still correct at x{EPS_MULTIPLIERS[-1]} ({_rule_text(rule, n, EPS_INCREASE_P0)})",
+        "values": {"accuracy": accs, "eps": radii, "n": n, "correct_at_max": last_count,
+                   "p_value": rule["p_value"], "fail_at": rule["fail_at"]},
     }
 
 
@@ -87,11 +128,11 @@ def square_vs_whitebox(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_ro
     """Does gradient-free Square beat the white-box attacks? ``whitebox_robust`` ``[B]`` bool: robust
     under every white-box attack of the suite.
 
-    The rule is "Square's accuracy is not more than 1 pp below the white-box accuracy". Square runs
-    only on the examples the white-box attacks left robust, and the check fails if it breaks more than
-    1 pp of ``x`` there. That excess bounds the gap from above (Square alone can be below white-box by
-    at most what it breaks beyond white-box), so the check is never laxer than the rule, and it saves
-    running 5000 queries on examples that are already broken.
+    Square runs only on the examples the white-box attacks left robust (the survivors); the check fails
+    when it breaks too many of them for a true rate of 5 % (:func:`count_rule`: at least
+    :data:`MIN_COUNT`, one-sided binomial p <= 1 %). What Square breaks beyond the white-box attacks
+    bounds from above how far Square alone can go below them, and running it only on survivors saves
+    5000 queries on examples already broken.
 
     ``square_broken`` ``[B]`` bool: when the suite itself ran Square (standard settings) after all its
     white-box attacks, on exactly these survivors, its outcome is used instead of a second Square run.
@@ -107,21 +148,24 @@ def square_vs_whitebox(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_ro
             still[idx] = _run(factory, "square", eps, norm, derive_seed(seed, 2), model, x[idx], y[idx])
         only_square = int((survivors & ~still).sum())
         source = "Square"
-    wb_acc = _pct(int(survivors.sum()), len(y))
+    m = int(survivors.sum())
+    wb_acc = _pct(m, len(y))
     excess = _pct(only_square, len(y))
-    passed = excess <= SQUARE_MARGIN_PP
+    rule = count_rule(only_square, m, SQUARE_P0)
+    passed = not rule["flagged"]
     return {
         "passed": passed,
-        "evidence": f"{source} broke {only_square} of the {int(survivors.sum())} examples the white-box attacks left "
-                    f"robust ({excess:.1f} pp of {len(y)}; white-box accuracy {wb_acc:.1f}%; allowed {SQUARE_MARGIN_PP:g} pp)",
+        "evidence": f"{source} broke {only_square} of the {m} examples the white-box attacks left robust "
+                    f"({excess:.1f} pp of {len(y)}; white-box accuracy {wb_acc:.1f}%; {_rule_text(rule, m, SQUARE_P0)})",
         "values": {"whitebox": wb_acc, "square_excess_pp": excess, "broken_by_square_only": only_square,
-                   "n": len(y)},
+                   "survivors": m, "p_value": rule["p_value"], "fail_at": rule["fail_at"], "n": len(y)},
     }
 
 
 def zero_gradients(model: torch.nn.Module, x: Tensor, y: Tensor) -> Check:
     """Share of the clean-correct examples of ``x`` (those an attack starts from) whose CE input gradient
-    is exactly zero, and share of zero entries; passes if <= 10 % of examples."""
+    is exactly zero, and share of zero entries; fails when there are too many for a true rate of 2 %
+    (:func:`count_rule`)."""
     model.eval()
     keep = predict(model, x, False)[0].eq(y)
     x, y = x[keep], y[keep]
@@ -130,14 +174,17 @@ def zero_gradients(model: torch.nn.Module, x: Tensor, y: Tensor) -> Check:
         loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
         (g,) = torch.autograd.grad(loss, xg)
     zero = g.eq(0).flatten(1)
-    ex_share = _pct(int(zero.all(1).sum()), len(y)) if len(y) else 0.0
+    k = int(zero.all(1).sum()) if len(y) else 0
+    ex_share = _pct(k, len(y)) if len(y) else 0.0
     entry_share = round(100.0 * float(zero.float().mean()), 4) if zero.numel() else 0.0
-    passed = ex_share <= ZERO_GRAD_MAX_SHARE
+    rule = count_rule(k, len(y), ZERO_GRAD_P0)
+    passed = not rule["flagged"]
     return {
         "passed": passed,
-        "evidence": f"{ex_share:.1f}% of {len(y)} clean-correct examples have an all-zero input gradient "
-                    f"({entry_share:.2f}% of entries are exactly zero); allowed {ZERO_GRAD_MAX_SHARE:g}%",
-        "values": {"examples_all_zero": ex_share, "entries_zero": entry_share, "n": len(y)},
+        "evidence": f"{k} of {len(y)} clean-correct examples ({ex_share:.1f}%) have an all-zero input gradient "
+                    f"({entry_share:.2f}% of entries are exactly zero; {_rule_text(rule, len(y), ZERO_GRAD_P0)})",
+        "values": {"examples_all_zero": ex_share, "entries_zero": entry_share, "count": k, "n": len(y),
+                   "p_value": rule["p_value"], "fail_at": rule["fail_at"]},
     }
 
 
@@ -187,4 +234,5 @@ def run_checks(model: torch.nn.Module, x: Tensor, y: Tensor, whitebox_robust: Te
     }
 
 
-__all__ = ["deterministic_routing", "eps_increase", "run_checks", "square_vs_whitebox", "zero_gradients"]
+__all__ = ["ALPHA", "MIN_COUNT", "count_rule", "deterministic_routing", "eps_increase", "run_checks",
+           "square_vs_whitebox", "zero_gradients"]

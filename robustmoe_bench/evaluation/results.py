@@ -21,6 +21,7 @@ from typing import Any, Optional
 from ..checkpoint import atomic_write_bytes
 from ..config import from_dict
 from ..errors import ConfigError
+from .. import jsonsafe
 
 SCHEMA_VERSION = 1
 
@@ -42,8 +43,12 @@ class AttackResult:
     it newly broke. ``routing_change``: % of all ``n_examples`` whose expert choice (any MoE layer) it
     changed vs the clean input (``None`` for non-MoE models). ``scope``: ``"robust"`` (ran only on
     examples still robust) or ``"all"`` (every example: router attacks, whose routing-change rate is
-    a property of the whole set). ``skipped``: why it did not run, else ``None`` (e.g. a model without
-    routers, or a routing adapter that cannot force pathways).
+    a property of the whole set), ``"alone"`` (every clean-correct example not fooled by an earlier
+    member of its group: AutoAttack measured on its own). ``skipped``: why it did not run, else ``None``
+    (e.g. a model without routers, or a routing adapter that cannot force pathways).
+    ``robust_acc_alone``: % of all ``n_examples`` correct under this attack alone (for a group member,
+    under its group's own cascade up to it), where the attack ran on every example that needs;
+    else ``None``.
     """
 
     name: str
@@ -56,11 +61,19 @@ class AttackResult:
     scope: str
     seconds: float
     skipped: Optional[str] = None
+    robust_acc_alone: Optional[float] = None
 
 
 @dataclass
 class EvalResult:
-    """A finished evaluation (schema version 1). See ``docs/DEVELOPING.md`` for every key."""
+    """A finished evaluation (schema version 1). See ``docs/DEVELOPING.md`` for every key.
+
+    Uncertainty: ``intervals`` gives, for ``clean_acc``, every ``robust_acc`` and every
+    ``robust_acc_alone`` value, its count ``k`` of ``n`` and the 95 % Wilson interval (``low``/``high``
+    in %). ``n_total`` is the size of the test set the ``n_examples`` were drawn from. ``examples``
+    holds the per-example outcomes (``"0110..."`` over the evaluation set, in order: ``clean``,
+    ``worst_case`` and, where measured, ``autoattack`` alone) and ``indices_sha256``, which names the
+    evaluated examples, so two results on the same examples can be compared with a paired test."""
 
     suite: str
     dataset: str
@@ -86,6 +99,10 @@ class EvalResult:
     schema_version: int = SCHEMA_VERSION
     #: the attacks the worst case is taken over (those that ran; skipped ones are named in ``attacks``)
     worst_case_attacks: list[str] = field(default_factory=list)
+    n_total: Optional[int] = None
+    robust_acc_alone: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)
+    examples: Optional[dict[str, str]] = None
 
     @property
     def worst_case(self) -> float:
@@ -103,17 +120,25 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        if not isinstance(d, dict):
+            raise ConfigError("evaluation results must be a JSON object")
         d = dict(d)
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ConfigError(f"evaluation results have schema_version {version!r}; this version reads {SCHEMA_VERSION}")
-        d["attacks"] = [from_dict(AttackResult, a, what="attack result") for a in d.get("attacks", [])]
-        return from_dict(cls, d, what="evaluation result")
+        attacks = d.get("attacks", [])
+        if not isinstance(attacks, list):
+            raise ConfigError("evaluation result: 'attacks' must be a list")
+        d["attacks"] = [from_dict(AttackResult, a, what="attack result", strict=True) for a in attacks]
+        for name, flag in (d.get("flags") or {}).items() if isinstance(d.get("flags"), dict) else ():
+            if not isinstance(flag, dict) or not isinstance(flag.get("passed"), bool):
+                raise ConfigError(f"evaluation result: flag {name!r} must be an object whose 'passed' is true or false")
+        return from_dict(cls, d, what="evaluation result", strict=True)
 
     @classmethod
     def from_json(cls, text: str) -> "EvalResult":
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(jsonsafe.loads(text))
         except json.JSONDecodeError as e:
             raise ConfigError(f"evaluation results are not valid JSON: {e}") from None
 

@@ -30,12 +30,15 @@ from ..config import format_eps, parse_eps
 from ..errors import CheckpointError, ConfigError, DataError
 from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
-from .state import BatchRecord, StateFolder, str_to_mask
+from ..stats import count_of, wilson
+from .state import BatchRecord, StateFolder, mask_to_str, str_to_mask
 from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, plan, run_cascade
 
 DEFAULT_BATCH_SIZE = 100
-#: Examples (the first of the evaluation set) the gradient-masking checks run on.
-CHECK_EXAMPLES = 64
+#: Examples (the first of the evaluation set) the gradient-masking checks run on. 200: the checks'
+#: binomial rules (see evaluation/checks.py) need the examples to have power; the Square check costs
+#: nothing extra (it reads the suite's own Square), the eps-increase check 5 x PGD-20 on these.
+CHECK_EXAMPLES = 200
 #: Examples the FLOP count averages over (the first of the evaluation set).
 GFLOPS_EXAMPLES = 32
 #: Conventional L2 radii where a data set has one (RobustBench); elsewhere --eps is required for L2.
@@ -197,14 +200,35 @@ class _Progress:
 
 # ---------------------------------------------------------------------------------------------- assembly
 
-def _assemble_masks(records: list[BatchRecord], attacks: list[PlannedAttack]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Concatenate the per-batch masks in batch order: clean ``[n]`` and each attack's broken ``[n]``."""
+def _assemble_masks(records: list[BatchRecord], attacks: list[PlannedAttack]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Concatenate the per-batch masks in batch order: clean ``[n]``, each attack's broken ``[n]`` and
+    each attack's fooled ``[n]`` (see :class:`~robustmoe_bench.evaluation.state.AttackRecord`)."""
     clean = torch.cat([str_to_mask(r.clean) for r in records])
-    broken = {
-        a.name: torch.cat([str_to_mask(r.attacks[a.name].broken) for r in records])
-        for a in attacks if a.skipped is None
+    ran = [a for a in attacks if a.skipped is None]
+    broken = {a.name: torch.cat([str_to_mask(r.attacks[a.name].broken) for r in records]) for a in ran}
+    fooled = {
+        a.name: torch.cat([str_to_mask(r.attacks[a.name].fooled) if r.attacks[a.name].fooled
+                           else torch.zeros(r.n, dtype=torch.bool) for r in records])
+        for a in ran
     }
-    return clean, broken
+    return clean, broken, fooled
+
+
+def alone_masks(attacks: list[PlannedAttack], clean: torch.Tensor, fooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{name: [n] bool}``: still correct under the attack (or group) *alone*, for every attack and group
+    that ran on every example that number needs: the first attack of the cascade, scope ``all``, and
+    scope ``alone`` (a group's members in its own cascade; the group under its name). Others are absent."""
+    out: dict[str, torch.Tensor] = {}
+    ran = [a for a in attacks if a.skipped is None]
+    group_fooled: dict[str, torch.Tensor] = {}
+    for pos, a in enumerate(ran):
+        if a.scope == "alone" and a.group is not None:
+            group_fooled[a.group] = group_fooled.get(a.group, torch.zeros_like(clean)) | fooled[a.name]
+            out[a.name] = clean & ~group_fooled[a.group]
+            out[a.group] = out[a.name]
+        elif a.scope in ("all", "alone") or pos == 0:
+            out[a.name] = clean & ~fooled[a.name]
+    return out
 
 
 def _gflops(model: torch.nn.Module, x: torch.Tensor) -> Optional[dict[str, float]]:
@@ -356,6 +380,7 @@ def evaluate(
             result = _finish(
                 model, allrec, attacks, params, the_suite, info, n, eps_val, norm, seed, batch, batch_size,
                 check_examples, factory, state, routed, training, ckpt_path, ckpt_sha,
+                n_total, fingerprint["indices_sha256"],
             )
             if out is not None:
                 result.save(out)
@@ -370,10 +395,11 @@ def _finish(
     suite: Suite, info: Any, n: int, eps: float, norm: str, seed: int,
     batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], batch_size: int, check_examples: int,
     factory: AttackFactory, state: Optional[StateFolder], routed: bool, training: dict[str, Any],
-    ckpt_path: Optional[str], ckpt_sha: Optional[str],
+    ckpt_path: Optional[str], ckpt_sha: Optional[str], n_total: Optional[int] = None, indices_sha: str = "",
 ) -> EvalResult:
     """Checks, FLOPs and the result object, from the gathered batch records only."""
-    clean, broken = _assemble_masks(records, attacks)
+    clean, broken, fooled = _assemble_masks(records, attacks)
+    alone = alone_masks(attacks, clean, fooled)
     robust = clean.clone()
     robust_acc: dict[str, float] = {}
     entries: list[AttackResult] = []
@@ -391,12 +417,24 @@ def _finish(
         entries.append(AttackResult(
             a.name, a.attack, params[a.name], robust_acc[a.name], sum(r.n_attacked for r in recs),
             int(broken[a.name].sum()), change, a.scope, round(sum(r.seconds for r in recs), 3),
+            robust_acc_alone=pct(int(alone[a.name].sum()), n) if a.name in alone else None,
         ))
     for a in attacks:  # a composite attack (AutoAttack's parts): the accuracy after its last part
         if a.group is not None and a.name in robust_acc:
             robust_acc[a.group] = robust_acc[a.name]
     robust_acc["worst_case"] = pct(int(robust.sum()), n)
     ran = [a.name for a in attacks if a.skipped is None]
+    robust_alone = {name: pct(int(m.sum()), n) for name, m in alone.items()}
+    intervals = {
+        "clean_acc": wilson(int(clean.sum()), n).to_dict(),
+        "robust_acc": {name: wilson(count_of(v, n), n).to_dict() for name, v in robust_acc.items()},
+        "robust_acc_alone": {name: wilson(int(m.sum()), n).to_dict() for name, m in alone.items()},
+    }
+    if routed:  # % of examples whose routing no attack changed: a proportion of n like the accuracies
+        intervals["router_robustness"] = {name: wilson(n - count_of(v, n), n).to_dict() for name, v in routing.items()}
+    outcomes = {"clean": mask_to_str(clean), "worst_case": mask_to_str(robust)}
+    if "autoattack" in alone:
+        outcomes["autoattack"] = mask_to_str(alone["autoattack"])
     seconds = sum(r.seconds for r in records)
 
     # the first examples of the evaluation set serve the checks and the FLOP count
@@ -441,6 +479,8 @@ def _finish(
         flags=flags, unreliable=any(not f["passed"] for f in flags.values()), gflops=gfl,
         seconds=round(seconds, 3), model=model_record(model), training=training,
         checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha, package_version=__version__, worst_case_attacks=ran,
+        n_total=n_total, robust_acc_alone=robust_alone, intervals=intervals,
+        examples={"indices_sha256": indices_sha, **outcomes},
     )
 
 

@@ -26,6 +26,7 @@ import torch
 from ..checkpoint import atomic_write_bytes
 from ..config import from_dict
 from ..errors import ConfigError
+from .. import jsonsafe
 
 STATE_FORMAT = "robustmoe-bench/eval-state"
 STATE_VERSION = 1
@@ -46,12 +47,15 @@ def str_to_mask(s: str) -> torch.Tensor:
 class AttackRecord:
     """One attack on one batch. ``broken``: examples of the batch this attack newly broke (they were
     still robust before it); ``n_attacked``: examples it ran on; ``routing_changed``: attacked examples
-    whose expert choice changed in >= 1 MoE layer vs clean (0 for non-MoE models)."""
+    whose expert choice changed in >= 1 MoE layer vs clean (0 for non-MoE models); ``fooled``: examples
+    it ran on and misclassified (whether or not an earlier attack had broken them), from which an
+    attack's accuracy alone is computed where it ran on every example that number needs."""
 
     broken: str
     n_attacked: int
     routing_changed: int
     seconds: float
+    fooled: str = ""
 
 
 @dataclass
@@ -95,7 +99,7 @@ class StateFolder:
         meta_path = self.path / "meta.json"
         if resume and meta_path.exists():
             try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                meta = jsonsafe.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 raise ConfigError(f"cannot resume: {meta_path} is unreadable; rerun without --resume") from None
             old = meta.get("fingerprint")
@@ -123,7 +127,7 @@ class StateFolder:
             if not m:
                 continue
             try:
-                rec = BatchRecord.from_dict(json.loads(p.read_text(encoding="utf-8")))
+                rec = BatchRecord.from_dict(jsonsafe.loads(p.read_text(encoding="utf-8")))
             except (OSError, json.JSONDecodeError, KeyError, TypeError, ConfigError):
                 continue  # unreadable records are recomputed, never trusted
             if rec.index == int(m.group(1)):
@@ -137,7 +141,7 @@ class StateFolder:
         """A saved non-batch section (``checks``), or ``None``."""
         p = self.path / f"{name}.json"
         try:
-            return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+            return jsonsafe.loads(p.read_text(encoding="utf-8")) if p.exists() else None
         except (OSError, json.JSONDecodeError):
             return None
 

@@ -10,16 +10,18 @@ tooling reads entries key by key and never looks at them.
 
 Which number is which (the honest-evaluation choice):
 
-- ``autoattack_acc`` is AutoAttack's number (``robust_acc["autoattack"]`` of the evaluation results);
-  an evaluation without AutoAttack cannot be published. The evaluation is a per-example cascade, so
-  when other attacks ran before AutoAttack (suites ``standard``, ``full``) this is AutoAttack's figure
-  in the cascade: examples those attacks broke count as broken, so it never exceeds AutoAttack alone.
-  The entry says so (``robustmoe_autoattack_after`` and the footnote); ``--suite autoattack`` gives
-  AutoAttack alone, exactly comparable with RobustBench.
+- ``autoattack_acc`` is AutoAttack (standard) *alone* on the evaluated examples, as RobustBench means
+  it: ``robust_acc_alone["autoattack"]`` of the evaluation results (the ``standard``, ``full`` and
+  ``autoattack`` suites run AutoAttack on every clean-correct example). Results written before that
+  number existed only have AutoAttack's figure in the cascade (``robust_acc["autoattack"]``: examples
+  earlier attacks broke count as broken, so it can be lower than AutoAttack alone); the entry then says
+  so (``robustmoe_autoattack_after`` and the footnote). An evaluation without AutoAttack cannot be published.
 - ``external`` is RobustBench's field for a stronger evaluation than AutoAttack. When our suite's
   per-example worst case (which adds PGD-50, router-targeted and adaptive MoE attacks) is lower than
   AutoAttack's number, it goes there, so RobustBench's ranking (``external`` if present, else
   ``autoattack_acc``) uses the strongest evaluation we ran.
+- Every number comes with its uncertainty in the extras: ``robustmoe_n_examples`` of
+  ``robustmoe_n_total`` test points and 95 % Wilson intervals (``robustmoe_intervals``).
 - ``reported`` defaults to the worst case, the only headline robustness number this project reports.
 """
 from __future__ import annotations
@@ -80,17 +82,48 @@ class ThreatModel(str, Enum):
 
 
 #: Entry and zoo names: letters, digits, ``_``, ``-``, ``.``; no leading dot, no path separators.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+#: Always used with ``fullmatch`` (``$`` would also match before a trailing newline).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+#: Schemes a published link may use; anything else (``javascript:``, ``data:``, ...) is refused.
+LINK_SCHEMES = ("http", "https")
 
 
 def check_name(name: str, what: str = "model name") -> str:
     """Return ``name`` if it is safe as a file name inside one folder, else raise :class:`LeaderboardError`."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise LeaderboardError(
             f"invalid {what} {name!r}: use 1-128 letters, digits, '_', '-' or '.', not starting with '.' "
             "(no path separators)"
         )
     return name
+
+
+def link_problem(link: Any) -> Optional[str]:
+    """``None`` if ``link`` is empty or an http(s) URL with a host and no spaces or control characters,
+    else why not. Only such links are ever rendered as links."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(link, str):
+        return f"link must be a string, got {type(link).__name__}"
+    if link == "":
+        return None
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in link):
+        return f"link {link!r} contains spaces or control characters"
+    try:
+        parts = urlsplit(link)
+    except ValueError:
+        return f"link {link!r} is not a URL"
+    if parts.scheme.lower() not in LINK_SCHEMES or not parts.netloc:
+        return f"link {link!r} must be an http:// or https:// URL"
+    return None
+
+
+def check_link(link: Any) -> str:
+    """Return ``link`` if :func:`link_problem` finds nothing, else raise :class:`LeaderboardError`."""
+    problem = link_problem(link)
+    if problem:
+        raise LeaderboardError(problem)
+    return link
 
 
 def format_acc(value: float) -> str:
@@ -100,6 +133,8 @@ def format_acc(value: float) -> str:
 
 def parse_acc(text: Any, key: str) -> float:
     """Read a RobustBench accuracy string back into a float; bad values raise :class:`LeaderboardError`."""
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise LeaderboardError(f"{key} must be a percentage string such as '57.14', got {text!r}")
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -116,10 +151,27 @@ def format_entry_eps(eps: float, threat_model: ThreatModel) -> str:
     return f"{eps:g}"
 
 
+def _typed(d: Mapping[str, Any], key: str, tp: Any, what: str) -> Any:
+    """``d[key]`` checked against ``tp`` (see :func:`robustmoe_bench.config.type_problem`); absent = ``None``."""
+    from ..config import type_problem
+
+    v = d.get(key)
+    problem = type_problem(v, tp)
+    if problem:
+        text = repr(v)
+        raise LeaderboardError(f"{what}: {key!r} {problem}, got {text if len(text) <= 60 else text[:57] + '...'}")
+    return v
+
+
 @dataclass(frozen=True)
 class MoEExtras:
     """What RobustBench has no key for: how the model was built and trained, its cost, the rest of the
-    evaluation. Percentages are 0-100 floats; ``None`` means not applicable or not measured."""
+    evaluation. Percentages are 0-100 floats; ``None`` means not applicable or not measured.
+
+    Uncertainty and detail (optional, written by this version): ``n_total`` (the test-set size the
+    ``n_examples`` were drawn from), ``intervals`` (``{"clean_acc" | "autoattack_acc" |
+    "worst_case_acc" | "pgd50_acc": (low, high)}``, 95 % Wilson, in %), ``attacks`` (``{attack:
+    (accuracy in the cascade, accuracy alone or None)}``) and ``flags`` (``{check: (passed, evidence)}``)."""
 
     method: Optional[str]
     kind: str
@@ -139,6 +191,10 @@ class MoEExtras:
     autoattack_after: tuple[str, ...] = ()
     checkpoint_sha256: Optional[str] = None
     package_version: Optional[str] = None
+    n_total: Optional[int] = None
+    intervals: Optional[dict[str, tuple[float, float]]] = None
+    attacks: Optional[dict[str, tuple[Optional[float], Optional[float]]]] = None
+    flags: Optional[dict[str, tuple[bool, str]]] = None
 
     def to_json_dict(self) -> dict[str, Any]:
         def acc(v: Optional[float]) -> Optional[str]:
@@ -166,42 +222,82 @@ class MoEExtras:
             ("checkpoint_sha256", self.checkpoint_sha256),
             ("package_version", self.package_version),
         ]
+        if self.n_total is not None:
+            items.append(("n_total", self.n_total))
+        if self.intervals is not None:
+            items.append(("intervals", {k: [format_acc(lo), format_acc(hi)] for k, (lo, hi) in self.intervals.items()}))
+        if self.attacks is not None:
+            items.append(("attacks", {k: {"cascade": acc(c), "alone": acc(a)} for k, (c, a) in self.attacks.items()}))
+        if self.flags is not None:
+            items.append(("flags", {k: {"passed": bool(p), "evidence": str(ev)} for k, (p, ev) in self.flags.items()}))
         return {EXTRA_PREFIX + k: v for k, v in items}
 
     @classmethod
     def from_json_dict(cls, d: Mapping[str, Any]) -> Optional["MoEExtras"]:
-        """The extras of an entry dict, or ``None`` for a plain RobustBench entry (no ``robustmoe_*`` keys)."""
+        """The extras of an entry dict, or ``None`` for a plain RobustBench entry (no ``robustmoe_*`` keys).
+        Every value must have its documented JSON type (:class:`LeaderboardError` otherwise)."""
         if not any(k.startswith(EXTRA_PREFIX) for k in d):
             return None
-        g = lambda k: d.get(EXTRA_PREFIX + k)  # noqa: E731
-        opt_acc = lambda k: None if g(k) is None else parse_acc(g(k), EXTRA_PREFIX + k)  # noqa: E731
-        rr = g("router_robustness")
-        try:
-            return cls(
-                method=g("method"), kind=g("kind"), arch=g("arch"), experts=g("experts"), scale=g("scale"),
-                router=g("router"), gflops_pathway=g("gflops_pathway"), gflops_router=g("gflops_router"),
-                gflops_total=g("gflops_total"), pgd50_acc=opt_acc("pgd50_acc"),
-                worst_case_acc=parse_acc(g("worst_case_acc"), EXTRA_PREFIX + "worst_case_acc"),
-                router_robustness=None if rr is None else {k: parse_acc(v, f"router robustness {k}") for k, v in rr.items()},
-                suite=g("suite"), n_examples=g("n_examples"), failed_checks=tuple(g("failed_checks") or ()),
-                autoattack_after=tuple(g("autoattack_after") or ()),
-                checkpoint_sha256=g("checkpoint_sha256"), package_version=g("package_version"),
-            )
-        except (AttributeError, TypeError) as e:
-            raise LeaderboardError(f"malformed robustmoe extras: {e}") from None
+        what = "robustmoe extras"
+        g = lambda k, tp: _typed(d, EXTRA_PREFIX + k, tp, what)  # noqa: E731
+        opt_acc = lambda k: None if g(k, Optional[str]) is None else parse_acc(g(k, str), EXTRA_PREFIX + k)  # noqa: E731
+        rr = g("router_robustness", Optional[dict[str, str]])
+        iv = g("intervals", Optional[dict[str, list[str]]])
+        if iv is not None and any(len(v) != 2 for v in iv.values()):
+            raise LeaderboardError(f"{what}: each interval must be [low, high]")
+        atk = g("attacks", Optional[dict[str, dict[str, Optional[str]]]])
+        flags = g("flags", Optional[dict[str, dict[str, Any]]])
+        if flags is not None:
+            for k, f in flags.items():
+                if not isinstance(f.get("passed"), bool) or not isinstance(f.get("evidence"), str):
+                    raise LeaderboardError(f"{what}: flag {k!r} needs 'passed' (true/false) and 'evidence' (text)")
+        kind = g("kind", str)
+        if kind is None:
+            raise LeaderboardError(f"{what}: {EXTRA_PREFIX}kind is missing")
+        return cls(
+            method=g("method", Optional[str]), kind=kind, arch=g("arch", Optional[str]) or "?",
+            experts=g("experts", Optional[int]), scale=g("scale", Optional[float]),
+            router=g("router", Optional[str]), gflops_pathway=g("gflops_pathway", Optional[float]),
+            gflops_router=g("gflops_router", Optional[float]), gflops_total=g("gflops_total", Optional[float]),
+            pgd50_acc=opt_acc("pgd50_acc"),
+            worst_case_acc=parse_acc(g("worst_case_acc", str), EXTRA_PREFIX + "worst_case_acc"),
+            router_robustness=None if rr is None else {k: parse_acc(v, f"router robustness {k}") for k, v in rr.items()},
+            suite=g("suite", Optional[str]) or "?", n_examples=g("n_examples", Optional[int]) or 0,
+            failed_checks=tuple(g("failed_checks", Optional[list[str]]) or ()),
+            autoattack_after=tuple(g("autoattack_after", Optional[list[str]]) or ()),
+            checkpoint_sha256=g("checkpoint_sha256", Optional[str]), package_version=g("package_version", Optional[str]),
+            n_total=g("n_total", Optional[int]),
+            intervals=None if iv is None else {k: (parse_acc(v[0], f"interval {k}"), parse_acc(v[1], f"interval {k}"))
+                                               for k, v in iv.items()},
+            attacks=None if atk is None else {
+                k: (None if v.get("cascade") is None else parse_acc(v["cascade"], f"attack {k}"),
+                    None if v.get("alone") is None else parse_acc(v["alone"], f"attack {k} alone"))
+                for k, v in atk.items()},
+            flags=None if flags is None else {k: (f["passed"], f["evidence"]) for k, f in flags.items()},
+        )
+
+
+#: RobustBench's keys of corruption entries (``<dataset>/corruptions/*.json``), percentages.
+CORRUPTION_KEYS = ("corruptions_acc", "corruptions_mce", "corruptions_acc_3d", "corruptions_mce_3d")
+#: What RobustBench's own files write for "no reported number" (``""``, ``null``, and once ``"null"``).
+NOT_REPORTED = ("", None, "null")
 
 
 @dataclass(frozen=True)
 class LeaderboardEntry:
-    """One leaderboard row. ``name`` is RobustBench's ``name`` key: the paper's title (the model's ID is
-    the file name). Accuracies are 0-100 floats."""
+    """One leaderboard row. ``name`` is RobustBench's ``name`` key: the paper's title (the model ID is
+    the file name). Accuracies are 0-100 floats.
+
+    ``autoattack_acc`` and ``eps`` are ``None`` only for corruption entries (RobustBench's files have
+    ``eps: null`` and ``corruptions_acc`` there instead); ``reported`` is ``None`` where the authors
+    reported nothing (``""`` or ``null`` in RobustBench's files)."""
 
     dataset: BenchmarkDataset
     threat_model: ThreatModel
-    eps: float
+    eps: Optional[float]
     clean_acc: float
-    autoattack_acc: float
-    reported: float
+    autoattack_acc: Optional[float]
+    reported: Optional[float]
     name: str
     link: str = ""
     authors: str = ""
@@ -213,15 +309,21 @@ class LeaderboardEntry:
     footnote: Optional[str] = None
     unreliable: bool = False
     extras: Optional[MoEExtras] = field(default=None, compare=True)
+    corruptions: dict[str, float] = field(default_factory=dict)
 
     @property
     def eps_str(self) -> str:
-        return format_entry_eps(self.eps, self.threat_model)
+        return "" if self.eps is None else format_entry_eps(self.eps, self.threat_model)
 
     @property
     def ranking_acc(self) -> float:
-        """The number RobustBench ranks by: ``external`` when present, else ``autoattack_acc``."""
-        return self.external if self.external is not None else self.autoattack_acc
+        """The number RobustBench ranks by: ``external`` if present, else ``autoattack_acc`` (corruption
+        entries: ``corruptions_acc``)."""
+        if self.external is not None:
+            return self.external
+        if self.autoattack_acc is not None:
+            return self.autoattack_acc
+        return self.corruptions.get("corruptions_acc", 0.0)
 
     def to_json_dict(self) -> dict[str, Any]:
         """RobustBench's keys in RobustBench's order and formats, then the ``robustmoe_*`` extras."""
@@ -234,13 +336,17 @@ class LeaderboardEntry:
             "dataset": self.dataset.value,
             "venue": self.venue,
             "architecture": self.architecture,
-            "eps": self.eps_str,
+            "eps": self.eps_str if self.eps is not None else None,
             "clean_acc": format_acc(self.clean_acc),
-            "reported": format_acc(self.reported),
-            "autoattack_acc": format_acc(self.autoattack_acc),
+            "reported": "" if self.reported is None else format_acc(self.reported),
         }
+        if self.autoattack_acc is not None:
+            d["autoattack_acc"] = format_acc(self.autoattack_acc)
         if self.external is not None:
             d["external"] = format_acc(self.external)
+        for k in CORRUPTION_KEYS:
+            if k in self.corruptions:
+                d[k] = format_acc(self.corruptions[k])
         d["footnote"] = self.footnote
         d["unreliable"] = bool(self.unreliable)
         if self.extras is not None:
@@ -249,33 +355,53 @@ class LeaderboardEntry:
 
     @classmethod
     def from_json_dict(cls, d: Mapping[str, Any], threat_model: ThreatModel | str) -> "LeaderboardEntry":
-        """Parse an entry as stored on disk (the threat model comes from its folder)."""
+        """Parse an entry as stored on disk (the threat model comes from its folder). Values must have
+        RobustBench's JSON types; a wrong one raises :class:`LeaderboardError` naming the key."""
         tm = threat_model if isinstance(threat_model, ThreatModel) else ThreatModel.parse(threat_model)
+        if not isinstance(d, Mapping):
+            raise LeaderboardError("an entry must be a JSON object")
+        what = "entry"
         try:
             eps_text = d["eps"]
-            try:
-                eps = parse_eps(eps_text, norm=tm.value)
-            except ConfigError as e:
-                raise LeaderboardError(f"eps: {e}") from None
+            if eps_text is None and tm is ThreatModel.corruptions:
+                eps = None
+            else:
+                if not isinstance(eps_text, str):
+                    raise LeaderboardError(f"eps must be a string such as '8/255', got {eps_text!r}")
+                try:
+                    eps = parse_eps(eps_text, norm=tm.value if tm is not ThreatModel.corruptions else "Linf")
+                except ConfigError as e:
+                    raise LeaderboardError(f"eps: {e}") from None
             ext = d.get("external")
+            aa = d.get("autoattack_acc")
+            if aa is None and tm is not ThreatModel.corruptions:
+                raise KeyError("autoattack_acc")
+            corr = {k: parse_acc(d[k], k) for k in CORRUPTION_KEYS if d.get(k) is not None}
+            if tm is ThreatModel.corruptions and "corruptions_acc" not in corr:
+                raise KeyError("corruptions_acc")
+            rep = d["reported"]
+            name = _typed(d, "name", str, what)
+            if name is None:
+                raise KeyError("name")
             return cls(
-                dataset=BenchmarkDataset.parse(d["dataset"]),
+                dataset=BenchmarkDataset.parse(_typed(d, "dataset", str, what) or ""),
                 threat_model=tm,
                 eps=eps,
                 clean_acc=parse_acc(d["clean_acc"], "clean_acc"),
-                autoattack_acc=parse_acc(d["autoattack_acc"], "autoattack_acc"),
-                reported=parse_acc(d["reported"], "reported"),
-                name=d["name"],
-                link=d.get("link", ""),
-                authors=d.get("authors", ""),
-                venue=d.get("venue", ""),
-                architecture=d.get("architecture", ""),
-                additional_data=bool(d.get("additional_data", False)),
-                number_forward_passes=int(d.get("number_forward_passes", 1)),
+                autoattack_acc=None if aa is None else parse_acc(aa, "autoattack_acc"),
+                reported=None if rep in NOT_REPORTED else parse_acc(rep, "reported"),
+                name=name,
+                link=_typed(d, "link", Optional[str], what) or "",
+                authors=_typed(d, "authors", Optional[str], what) or "",
+                venue=_typed(d, "venue", Optional[str], what) or "",
+                architecture=_typed(d, "architecture", Optional[str], what) or "",
+                additional_data=bool(_typed(d, "additional_data", Optional[bool], what)),
+                number_forward_passes=_typed(d, "number_forward_passes", Optional[int], what) or 1,
                 external=None if ext is None else parse_acc(ext, "external"),
-                footnote=d.get("footnote"),
-                unreliable=bool(d.get("unreliable", False)),
+                footnote=_typed(d, "footnote", Optional[str], what),
+                unreliable=bool(_typed(d, "unreliable", Optional[bool], what)),
                 extras=MoEExtras.from_json_dict(d),
+                corruptions=corr,
             )
         except KeyError as e:
             raise LeaderboardError(f"missing key {e.args[0]!r}") from None
@@ -323,10 +449,9 @@ def architecture_label(model: Mapping[str, Any]) -> str:
 
 
 def _percent(results: Mapping[str, Any], value: Any, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise LeaderboardError(f"results: {what} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LeaderboardError(f"results: {what} must be a number, got {value!r}")
+    v = float(value)
     if not math.isfinite(v) or not 0.0 <= v <= 100.0:
         raise LeaderboardError(f"results: {what} must be a percentage in [0, 100], got {value!r}")
     return v
@@ -339,8 +464,10 @@ def failed_checks(results: Mapping[str, Any]) -> tuple[str, ...]:
         raise LeaderboardError("results: 'flags' must be an object of {check: {passed, evidence}}")
     out = []
     for name, flag in flags.items():
-        passed = flag.get("passed") if isinstance(flag, Mapping) else flag
-        if passed is False:
+        if not isinstance(flag, Mapping) or not isinstance(flag.get("passed"), bool):
+            raise LeaderboardError(
+                f"results: flag {name!r} must be an object whose 'passed' is true or false, got {flag!r}"[:200])
+        if flag["passed"] is False:
             out.append(str(name))
     return tuple(sorted(out))
 
@@ -387,31 +514,46 @@ def entry_from_results(
     the footnote (after any footnote given)."""
     if not isinstance(results, Mapping):
         raise LeaderboardError("results: expected a JSON object (the output of 'robustmoe-bench evaluate')")
+    check_link(link)
+    for key, value in (("title", title), ("authors", authors), ("venue", venue), ("architecture", architecture),
+                       ("footnote", footnote)):
+        if value is not None and not isinstance(value, str):
+            raise LeaderboardError(f"{key} must be text, got {value!r}")
     missing = [k for k in ("dataset", "threat_model", "eps", "clean_acc", "robust_acc") if k not in results]
     if missing:
         raise LeaderboardError(
             f"results lack {', '.join(missing)}: is this the output of 'robustmoe-bench evaluate --out'?"
         )
-    dataset = BenchmarkDataset.parse(str(results["dataset"]))
-    tm = ThreatModel.parse(str(results["threat_model"]))
+    r = "results"
+    dataset = BenchmarkDataset.parse(_typed(results, "dataset", str, r))
+    tm = ThreatModel.parse(_typed(results, "threat_model", str, r))
     if tm is ThreatModel.corruptions:
         raise LeaderboardError("corruption benchmarks are not produced by robustmoe-bench; only Linf and L2 entries can be published")
     try:
-        eps = parse_eps(results["eps"], norm=tm.value)
+        eps = parse_eps(_typed(results, "eps", float, r), norm=tm.value)
     except ConfigError as e:
         raise LeaderboardError(f"results: {e}") from None
-    robust = results["robust_acc"]
-    if not isinstance(robust, Mapping):
-        raise LeaderboardError("results: 'robust_acc' must be an object of {attack: accuracy}")
+    robust = _typed(results, "robust_acc", dict[str, float], r)
+    alone = _typed(results, "robust_acc_alone", Optional[dict[str, float]], r) or {}
     if robust.get("autoattack") is None:
         raise LeaderboardError(
             f"results of suite {results.get('suite', '?')!r} have no AutoAttack number (robust_acc['autoattack']); "
             "a leaderboard entry needs one: evaluate with a suite that runs AutoAttack (e.g. --suite full)"
         )
+    for key, tp in (("n_examples", int), ("n_total", Optional[int]), ("suite", Optional[str]),
+                    ("unreliable", Optional[bool]), ("checkpoint_sha256", Optional[str]),
+                    ("package_version", Optional[str]), ("model", Optional[dict[str, Any]]),
+                    ("training", Optional[dict[str, Any]]), ("gflops", Optional[dict[str, Optional[float]]]),
+                    ("intervals", Optional[dict[str, Any]]), ("attacks", Optional[list[dict[str, Any]]])):
+        _typed(results, key, tp, r)
+    if results["n_examples"] < 1:
+        raise LeaderboardError(f"results: 'n_examples' must be positive, got {results['n_examples']!r}")
     clean = _percent(results, results["clean_acc"], "clean_acc")
-    aa = _percent(results, robust["autoattack"], "robust_acc['autoattack']")
+    aa_cascade = _percent(results, robust["autoattack"], "robust_acc['autoattack']")
+    # RobustBench's autoattack_acc is AutoAttack alone; results that measured it say so in robust_acc_alone.
+    aa = _percent(results, alone["autoattack"], "robust_acc_alone['autoattack']") if "autoattack" in alone else aa_cascade
     worst = _percent(results, robust.get("worst_case", aa), "robust_acc['worst_case']")
-    if worst > aa + 1e-9:
+    if worst > aa + 1e-9 or aa_cascade > aa + 1e-9:
         raise LeaderboardError(
             f"results are inconsistent: worst case {worst:.2f}% is above AutoAttack's {aa:.2f}% "
             "(the worst case is taken over every attack, AutoAttack included)"
@@ -423,31 +565,56 @@ def entry_from_results(
     # Compare as published (two decimals) so 'external' never shows the same string as 'autoattack_acc'.
     external = worst if format_acc(worst) != format_acc(aa) else None
     failed = failed_checks(results)
-    aa_after = attacks_before_autoattack(results)
+    aa_after = () if "autoattack" in alone else attacks_before_autoattack(results)
     unreliable = bool(results.get("unreliable", False)) or bool(failed)
 
     model = results.get("model") or {}
-    if not isinstance(model, Mapping):
-        raise LeaderboardError("results: 'model' must be a model-spec object")
-    kind = str(model.get("kind", "dense"))
+    kind = _typed(model, "kind", Optional[str], "results: model") or "dense"
+    for key, tp in (("arch", Optional[str]), ("experts", Optional[int]), ("scale", Optional[float]),
+                    ("router", Optional[str])):
+        _typed(model, key, tp, "results: model")
     training = results.get("training") or {}
+    method = _typed(training, "method", Optional[str], "results: training")
     gflops = results.get("gflops") or {}
-    rr = results.get("router_robustness")
-    if rr is not None and not isinstance(rr, Mapping):
-        raise LeaderboardError("results: 'router_robustness' must be an object of {attack: percentage} or null")
-    suite = str(results.get("suite", "?"))
+    rr = _typed(results, "router_robustness", Optional[dict[str, float]], r)
+    suite = results.get("suite") or "?"
+    n = results["n_examples"]
 
     def g(key: str) -> Optional[float]:
-        v = gflops.get(key) if isinstance(gflops, Mapping) else None
+        v = gflops.get(key)
         return None if v is None else float(v)
 
+    from ..stats import count_of, wilson
+
+    def ci(v: Optional[float]) -> Optional[tuple[float, float]]:
+        if v is None:
+            return None
+        iv = wilson(min(n, max(0, count_of(v, n))), n)
+        return (round(iv.low, 2), round(iv.high, 2))
+
+    intervals = {k: v for k, v in (("clean_acc", ci(clean)), ("autoattack_acc", ci(aa)), ("worst_case_acc", ci(worst)),
+                                   ("pgd50_acc", ci(pgd50))) if v is not None}
+    per_attack: dict[str, tuple[Optional[float], Optional[float]]] = {}
+    for a in results.get("attacks") or []:
+        name = _typed(a, "name", str, "results: attack")
+        if _typed(a, "skipped", Optional[str], "results: attack") is not None:
+            continue
+        c = _typed(a, "robust_acc", Optional[float], "results: attack")
+        al = _typed(a, "robust_acc_alone", Optional[float], "results: attack")
+        per_attack[name] = (None if c is None else _percent(results, c, f"attack {name}"),
+                            None if al is None else _percent(results, al, f"attack {name} alone"))
+    for grp, v in alone.items():
+        if grp not in per_attack and grp in robust:
+            per_attack[grp] = (_percent(results, robust[grp], grp), _percent(results, v, f"{grp} alone"))
+    flags = {str(k): (f["passed"], str(f.get("evidence", ""))) for k, f in (results.get("flags") or {}).items()}
+
     extras = MoEExtras(
-        method=training.get("method") if isinstance(training, Mapping) else None,
+        method=method,
         kind=kind,
-        arch=str(model.get("arch", "?")),
-        experts=int(model["experts"]) if kind == "moe" and "experts" in model else None,
-        scale=float(model["scale"]) if kind != "dense" and "scale" in model else None,
-        router=str(model["router"]) if kind == "moe" and "router" in model else None,
+        arch=str(model.get("arch") or "?"),
+        experts=int(model["experts"]) if kind == "moe" and model.get("experts") is not None else None,
+        scale=float(model["scale"]) if kind != "dense" and model.get("scale") is not None else None,
+        router=str(model["router"]) if kind == "moe" and model.get("router") is not None else None,
         gflops_pathway=g("pathway"),
         gflops_router=g("router"),
         gflops_total=g("total"),
@@ -455,11 +622,15 @@ def entry_from_results(
         worst_case_acc=worst,
         router_robustness=None if rr is None else {str(k): _percent(results, v, f"router_robustness[{k!r}]") for k, v in rr.items()},
         suite=suite,
-        n_examples=int(results.get("n_examples", 0)),
+        n_examples=n,
         failed_checks=failed,
         autoattack_after=aa_after,
         checkpoint_sha256=results.get("checkpoint_sha256"),
         package_version=results.get("package_version"),
+        n_total=results.get("n_total"),
+        intervals=intervals,
+        attacks=per_attack or None,
+        flags=flags or None,
     )
 
     notes = [footnote] if footnote else []
@@ -473,7 +644,8 @@ def entry_from_results(
         attacks = ", ".join(str(k) for k in robust if k != "worst_case")
         notes.append(
             f"external: per-example worst case over every attack of robustmoe-bench suite '{suite}' "
-            f"({attacks}) on {extras.n_examples} test points; autoattack_acc is AutoAttack alone."
+            f"({attacks}) on {extras.n_examples} test points; autoattack_acc is AutoAttack"
+            + (" alone." if not aa_after else " in that cascade.")
         )
     if failed:
         notes.append(f"Gradient-masking checks failed: {', '.join(failed)}.")

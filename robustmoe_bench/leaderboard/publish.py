@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .entry import LeaderboardEntry, LeaderboardError, check_name, entry_from_results
+from .entry import LeaderboardEntry, LeaderboardError, check_link, check_name, entry_from_results
 from .validate import entry_problems
+from .. import jsonsafe
 
 #: Default leaderboard root (relative to the working directory).
 DEFAULT_ROOT = Path("leaderboards")
@@ -102,7 +103,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an evaluation results JSON file (``robustmoe-bench evaluate --out``)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsonsafe.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LeaderboardError(f"results file not found: {path}") from None
     except IsADirectoryError:
@@ -131,6 +132,7 @@ def publish_results(
     the other keyword arguments of :func:`~robustmoe_bench.leaderboard.entry.entry_from_results`
     (``link``, ``authors``, ``venue``, ``architecture``, ``reported``, ``footnote``, ...)."""
     check_name(model_id, "model ID")
+    check_link(metadata.get("link", ""))
     data = read_results(results) if not isinstance(results, Mapping) else results
     entry = entry_from_results(data, title=title or model_id, **metadata)
     return publish_entry(entry, model_id, root, force=force), entry

@@ -19,20 +19,25 @@ from .entry import (
     LeaderboardError,
     ThreatModel,
     check_name,
+    link_problem,
 )
+from .. import jsonsafe
 
 SCHEMA_RESOURCE = "schema.json"
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem with one file (``path`` as found under the root)."""
+    """One problem with one file (``path`` as found under the root). ``warning``: worth reading, but the
+    entry is still valid (e.g. a RobustBench file whose ``dataset`` disagrees with its folder, as a few
+    of RobustBench's own files do)."""
 
     path: Path
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{self.path}: {'warning: ' if self.warning else ''}{self.message}"
 
 
 @lru_cache(maxsize=1)
@@ -67,10 +72,24 @@ def entry_problems(d: Any, *, dataset: str | None = None, threat_model: str | No
     problems = schema_problems(d)
     if not isinstance(d, Mapping):
         return problems
-    if dataset is not None and d.get("dataset") != dataset:
+    ours = any(k.startswith(EXTRA_PREFIX) for k in d)
+    # Our entries must sit in their data set's folder; RobustBench's own files do not always (a warning).
+    if ours and dataset is not None and d.get("dataset") != dataset:
         problems.append(f"dataset {d.get('dataset')!r} does not match its folder {dataset!r}")
-    if any(k.startswith(EXTRA_PREFIX) for k in d) and EXTRA_PREFIX + "extras_version" not in d:
+    if ours and EXTRA_PREFIX + "extras_version" not in d:
         problems.append(f"has {EXTRA_PREFIX}* keys but no {EXTRA_PREFIX}extras_version")
+    problem = link_problem(d.get("link", ""))
+    if problem:
+        problems.append(problem)
+    if threat_model is not None:
+        if threat_model == ThreatModel.corruptions.value:
+            if "corruptions_acc" not in d:
+                problems.append("'corruptions_acc' is a required property of a corruptions entry")
+        else:
+            if "autoattack_acc" not in d:
+                problems.append(f"'autoattack_acc' is a required property of a {threat_model} entry")
+            if d.get("eps") is None:
+                problems.append(f"eps: a {threat_model} entry needs a radius such as '8/255', got null")
     if problems or threat_model is None:
         return problems
     # The schema holds; now the cross-field rules, on the typed entry.
@@ -78,6 +97,8 @@ def entry_problems(d: Any, *, dataset: str | None = None, threat_model: str | No
         entry = LeaderboardEntry.from_json_dict(d, threat_model)
     except LeaderboardError as e:
         return [str(e)]
+    if entry.autoattack_acc is None:  # a corruptions entry: nothing below applies
+        return problems
     if entry.autoattack_acc > entry.clean_acc:
         problems.append(f"autoattack_acc {d['autoattack_acc']} is above clean_acc {d['clean_acc']}")
     if entry.external is not None and entry.external > entry.autoattack_acc:
@@ -101,6 +122,17 @@ def entry_problems(d: Any, *, dataset: str | None = None, threat_model: str | No
     return problems
 
 
+def entry_warnings(d: Any, *, dataset: str | None = None) -> list[str]:
+    """What is worth a warning but does not make an entry invalid."""
+    if not isinstance(d, Mapping):
+        return []
+    ours = any(k.startswith(EXTRA_PREFIX) for k in d)
+    if not ours and dataset is not None and d.get("dataset") != dataset:
+        return [f"dataset {d.get('dataset')!r} does not match its folder {dataset!r} "
+                "(kept: RobustBench's own files do this; the folder decides where it is listed)"]
+    return []
+
+
 def iter_entry_files(root: Path) -> Iterator[tuple[Path, str, str]]:
     """``(path, dataset_folder, threat_model_folder)`` for every ``*.json`` two levels under ``root``,
     sorted; hidden files (publishers' temporary files) are skipped."""
@@ -116,7 +148,7 @@ def iter_entry_files(root: Path) -> Iterator[tuple[Path, str, str]]:
 def read_entry_file(path: Path) -> Any:
     """Parse one entry file; unreadable or non-JSON files raise :class:`LeaderboardError`."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return jsonsafe.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise LeaderboardError(f"cannot read: {e}") from None
     except json.JSONDecodeError as e:
@@ -124,7 +156,8 @@ def read_entry_file(path: Path) -> Any:
 
 
 def validate_root(root: str | os.PathLike[str]) -> tuple[int, list[Problem]]:
-    """Check every entry under ``root``; returns ``(files checked, problems)``.
+    """Check every entry under ``root``; returns ``(files checked, problems)`` (warnings among them
+    have ``warning=True`` and do not make the root invalid).
 
     Besides each file's content: unknown data-set or threat-model folders, and file names that are not
     valid model IDs. A missing root raises :class:`LeaderboardError`."""
@@ -155,4 +188,6 @@ def validate_root(root: str | os.PathLike[str]) -> tuple[int, list[Problem]]:
         known_tm = tm if tm in threats else None
         for msg in entry_problems(d, dataset=ds, threat_model=known_tm):
             problems.append(Problem(path, msg))
+        for msg in entry_warnings(d, dataset=ds):
+            problems.append(Problem(path, msg, warning=True))
     return n, problems

@@ -53,6 +53,17 @@ STES.register("identity", "the public code's: the chosen router score gets the g
 STES.register("softmax", "the chosen score's softmax probability carries the gate's gradient")
 assert set(STES.names()) == set(STE_DESIGNS)
 
+#: Routers that are one network scoring the image once (every MoE layer uses its scores).
+NETWORK_ROUTERS = ("shared", "resnet")
+
+
+def default_ste(router: str) -> str:
+    """The straight-through estimator a router design gets unless one is given: ``identity`` (the
+    public code's) for a router network, ``softmax`` for per-layer gates -- with the identity estimator,
+    per-layer gates diverged (NaN loss in the first epoch of ``std`` on fmnist-mini, compact layout;
+    benchmarks/results/moe_design.md), with ``softmax`` they train."""
+    return "identity" if router in NETWORK_ROUTERS else "softmax"
+
 
 COMPAT = ("", "advmoe-public")
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..config import from_dict
 from ..errors import ConfigError
 from .backbones import ARCHITECTURES, WRN_PATTERN, wide_resnet
-from .builder import KINDS, LayerKind
+from .builder import KINDS, LayerKind, default_ste
 from .layers import STE_DESIGNS, ResNetRouter, RoutedConv2d, SharedRouter
 
 #: router designs that run one network on the image and drive every MoE layer with its scores
@@ -136,6 +136,13 @@ class RoutedNet(nn.Module):
         ids = {id(p) for p in self.router_parameters()}
         return [p for p in self.parameters() if id(p) not in ids]
 
+    def router_scores(self, x: Tensor) -> Tensor:
+        """The shared router network's scores ``[B, experts]`` for ``x`` ``[B, C, H, W]`` in [0, 1]
+        (models whose :attr:`shares_routing` is true only)."""
+        if self.router is None:
+            raise ConfigError(f"{self.spec.describe()} has no shared router network")
+        return self.router((x - self.mean) / self.std)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}")
@@ -167,14 +174,15 @@ def create_model(
     num_classes: int | None = None,
     input_shape: tuple[int, int, int] | None = None,
     layout: str = "compact",
-    ste: str = "identity",
+    ste: str | None = None,
     compat: str = "",
 ) -> RoutedNet:
     """Build a model by architecture name and kind.
 
     Example: ``create_model("resnet18", kind="moe", experts=2, scale=0.5, dataset="cifar10")`` -- the
     paper's MoE-CNN (compact experts, the ``resnet`` router network, the identity straight-through
-    estimator). ``dataset`` supplies classes, input shape, normalisation and stem unless given explicitly.
+    estimator). ``ste=None`` picks :func:`~.builder.default_ste` for the router design. ``dataset``
+    supplies classes, input shape, normalisation and stem unless given explicitly.
     """
     from ..data import get_dataset_info
 
@@ -186,7 +194,7 @@ def create_model(
         arch=name, kind=kind, experts=int(experts), scale=float(scale), router=router, dataset=dataset,
         num_classes=int(num_classes or info.num_classes), input_shape=shape,  # type: ignore[arg-type]
         mean=tuple(info.mean), std=tuple(info.std), stem="imagenet" if shape[1] >= 128 else "cifar",
-        layout=layout, ste=ste, compat=compat,
+        layout=layout, ste=default_ste(router) if ste is None else ste, compat=compat,
     )
     return build_model(spec)
 

@@ -10,9 +10,9 @@ Example::
 from __future__ import annotations
 
 from .config import METHOD_KINDS, PRESETS, TrainConfig
-from .loop import TrainResult, evaluate_holdout, train
+from .loop import TrainResult, evaluate_holdout, train, validation_split
 from .methods import METHODS, Method, get_method
 from .trades import pgd_kl, trades_loss
 
 __all__ = ["TrainConfig", "TrainResult", "train", "PRESETS", "METHODS", "METHOD_KINDS", "Method", "get_method",
-           "evaluate_holdout", "pgd_kl", "trades_loss"]
+           "evaluate_holdout", "validation_split", "pgd_kl", "trades_loss"]

@@ -33,11 +33,13 @@ from .config import TrainConfig
 from .methods import Method, StepContext, get_method, set_trainable
 
 _STREAM_DATA, _STREAM_AUG, _STREAM_ATTACK, _STREAM_EVAL, _STREAM_GLOBAL = range(5)
+#: Seed of the validation split (fixed: every run and method monitors the same examples).
+VALIDATION_SEED = 20_251_201
 
 
 @dataclass
 class TrainResult:
-    """What a finished run produced. Accuracies are percentages on the held-out slice."""
+    """What a finished run produced. Accuracies are percentages on the validation split of the training set."""
 
     out_dir: Path
     ckpt: Path
@@ -52,7 +54,7 @@ class TrainResult:
 class _Data:
     train: Dataset
     indices: Tensor  # [n] training example indices (the subset)
-    hold_x: Tensor  # [m, C, H, W] held-out test slice
+    hold_x: Tensor  # [m, C, H, W] validation examples (split off the training set)
     hold_y: Tensor  # [m]
 
 
@@ -61,15 +63,35 @@ def _seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + stream * 101 + rank * 7_919 + 17) % (2**63 - 1)
 
 
+def validation_split(n_train: int, holdout: int) -> tuple[Tensor, Tensor]:
+    """``(validation, rest)`` index tensors of a training set of ``n_train`` examples.
+
+    The validation examples are a fixed draw (:data:`VALIDATION_SEED`), the same for every run seed and
+    method, so monitors and default choices compare like with like; at most a fifth of the training
+    set is held out. No run ever trains on them, and no test example is looked at.
+    """
+    m = min(int(holdout), n_train // 5)
+    val = subset_indices(n_train, m, VALIDATION_SEED)
+    keep = torch.ones(n_train, dtype=torch.bool)
+    keep[val] = False
+    return val, keep.nonzero().squeeze(1)
+
+
 def _load_data(cfg: TrainConfig) -> _Data:
     train = load_dataset(cfg.dataset, "train", cfg.data_root, augment=bool(cfg.augment))
-    test = load_dataset(cfg.dataset, "test", cfg.data_root)
+    plain = load_dataset(cfg.dataset, "train", cfg.data_root) if cfg.augment else train
     n = len(train)  # type: ignore[arg-type]
-    idx = subset_indices(n, cfg.subset, cfg.seed) if cfg.subset is not None else torch.arange(n)
+    val, rest = validation_split(n, cfg.holdout)
+    if cfg.subset is not None:
+        if cfg.subset > rest.numel():
+            raise ConfigError(f"subset {cfg.subset} exceeds the {rest.numel()} training examples left after "
+                              f"the {val.numel()}-example validation split")
+        idx = rest[subset_indices(rest.numel(), cfg.subset, cfg.seed)]
+    else:
+        idx = rest
     if idx.numel() < cfg.batch_size:
         raise ConfigError(f"the training set has {idx.numel()} examples, fewer than one batch ({cfg.batch_size})")
-    m = min(cfg.holdout, len(test))  # type: ignore[arg-type]
-    hx, hy = as_tensors(test, subset_indices(len(test), m, cfg.seed + 1))  # type: ignore[arg-type]
+    hx, hy = as_tensors(plain, val)  # type: ignore[arg-type]
     return _Data(train, idx, hx, hy)
 
 
@@ -160,9 +182,9 @@ def training_meta(cfg: TrainConfig, history: list[dict[str, Any]], world: int) -
     """The ``training`` metadata stored in checkpoints: method, hyper-parameters and final accuracies."""
     last = history[-1] if history else {}
     return {
-        "method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "method": cfg.method, "kind": cfg.model_kind, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "eps": cfg.eps, "eps_str": cfg.eps_str,
-        "train_steps": cfg.train_steps, "step_size": cfg.step_size, "beta": cfg.beta, "seed": cfg.seed,
+        "train_steps": cfg.train_steps, "step_size": cfg.step_size, "trades_start": cfg.trades_start, "beta": cfg.beta, "seed": cfg.seed,
         "subset": cfg.subset, "holdout": cfg.holdout, "preset": cfg.preset, "augment": cfg.augment,
         "phase_epochs": cfg.phase_epochs, "from_dense": cfg.from_dense, "world_size": world,
         "epochs_done": len(history), "final_clean_acc": last.get("clean_acc"),
@@ -342,9 +364,9 @@ def _summary(row: dict[str, Any], total: int, method: str) -> str:
     if "natural_loss" in row and "robust_loss" in row:
         loss += f" (CE {row['natural_loss']:.3f}, KL {row['robust_loss']:.3f})"
     parts += [loss, f"train {row['train_acc']:.1f}%",
-              f"held-out clean {row['clean_acc']:.1f}% PGD-10 {row['pgd10_acc']:.1f}%",
+              f"validation clean {row['clean_acc']:.1f}% PGD-10 {row['pgd10_acc']:.1f}%",
               f"lr {row['lr_end']:.4f}", f"{row['seconds']:.1f}s"]
     return " | ".join(parts)
 
 
-__all__ = ["TrainResult", "train", "evaluate_holdout", "training_meta"]
+__all__ = ["TrainResult", "train", "evaluate_holdout", "training_meta", "validation_split", "VALIDATION_SEED"]

@@ -25,7 +25,28 @@ def read_config(out_dir: Path) -> TrainConfig:
         raise ConfigError(f"{path} is unreadable or corrupt: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a training configuration")
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(upgrade_config(data))
+
+
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` written before expert layouts existed (no ``layout`` key) as today's fields,
+    computing the same run: slice experts, the p(1-p) straight-through estimator, a uniform TRADES start,
+    and no MoE options stored for non-MoE methods."""
+    if "layout" in data or "method" not in data:
+        return data
+    from .config import METHOD_KINDS
+
+    data = dict(data)
+    data.setdefault("trades_start", "uniform")
+    if METHOD_KINDS.get(data["method"]) == "moe":
+        data.update(layout="slice", ste="softmax")
+        data.setdefault("router", "layer")
+    else:
+        for k in ("experts", "router"):
+            data.pop(k, None)
+        if METHOD_KINDS.get(data["method"]) == "dense":
+            data.pop("scale", None)
+    return data
 
 
 def check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:

@@ -18,6 +18,7 @@ Two decisions, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,20 +41,33 @@ def _kl(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
 
 
 def pgd_kl(model: nn.Module, x: Tensor, eps: float, steps: int, step_size: float,
-           generator: torch.Generator | None = None) -> Tensor:
+           generator: torch.Generator | None = None, start: str = "normal",
+           heads: Sequence[Callable[[Tensor], Tensor]] = ()) -> Tensor:
     """TRADES' inner maximisation: ``x_adv`` ``[B, C, H, W]`` in the L-inf ``eps``-ball around ``x`` and
     in [0, 1], maximising ``KL(f(x) || f(x_adv))``. Runs ``model`` in eval mode; input gradients only.
+
+    ``start``: ``normal`` -- ``x + 0.001 * N(0, 1)`` (TRADES' and the AdvMoE public code's start);
+    ``uniform`` -- uniform in the ball. ``heads``: further functions of the input returning logits
+    (e.g. the router network's scores) whose KL divergence is added to the maximised objective.
     """
     was_training = model.training
     model.eval()
+    fns = [model, *heads]
     try:
         with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
-        x_adv = (x + (2 * noise - 1) * eps).clamp_(0, 1)
+            p_clean = [F.softmax(f(x), dim=1) for f in fns]
+        if start == "normal":
+            noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+            x_adv = x + 0.001 * noise
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+        elif start == "uniform":
+            noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+            x_adv = (x + (2 * noise - 1) * eps).clamp_(0, 1)
+        else:
+            raise ValueError(f"unknown TRADES start {start!r}")
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            loss = _kl(model(x_adv), p_clean)
+            loss = sum(_kl(f(x_adv), p) for f, p in zip(fns, p_clean))
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
                 x_adv = x_adv + step_size * grad.sign()

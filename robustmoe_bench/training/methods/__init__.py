@@ -19,7 +19,7 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
-from . import advmoe, at_dense, at_moe, at_sdense, at_sparse, std  # noqa: E402,F401  (register built-ins)
+from . import advmoe, advmoe_public, at_dense, at_moe, at_sdense, at_sparse, std  # noqa: E402,F401  (register built-ins)
 
 __all__ = ["METHODS", "Method", "Phase", "StepContext", "StepResult", "Batch", "get_method", "set_trainable",
            "trades_step", "update"]

@@ -64,8 +64,7 @@ class Method:
 
     def build_model(self, cfg: "TrainConfig") -> RoutedNet:
         """The model the first phase starts from (random initialisation, seeded by the loop)."""
-        return create_model(cfg.arch, self.kind, experts=cfg.experts, scale=cfg.scale, router=cfg.router,
-                            dataset=cfg.dataset)
+        return create_model(cfg.arch, cfg.model_kind, dataset=cfg.dataset, **cfg.model_options())
 
     def prepare(self, net: RoutedNet, phase: int, cfg: "TrainConfig") -> RoutedNet:
         """Called at the start (or on resume) of ``phase``; may return a different model. Must be
@@ -92,7 +91,7 @@ def trades_step(ctx: StepContext, batch: Batch, group: int | None = None) -> Ste
     group ``group`` (all groups if None); the other groups stay fixed (no grad, no momentum, no decay)."""
     cfg = ctx.config
     x, y = batch
-    x_adv = pgd_kl(ctx.net, x, cfg.eps, cfg.train_steps, cfg.step_size, ctx.generator)
+    x_adv = pgd_kl(ctx.net, x, cfg.eps, cfg.train_steps, cfg.step_size, ctx.generator, cfg.trades_start)
     out = trades_loss(ctx.fwd, x, y, x_adv, cfg.beta)
     update(ctx, out.total, group)
     return StepResult({"loss": float(out.total.detach()), "natural": out.natural, "robust": out.robust},

@@ -1,0 +1,203 @@
+"""``reproduce``: a mini Table 1 of the AdvMoE paper that can be cited -- the five robust methods trained
+with several seeds, each evaluated on the same test examples with the paper's evaluation (PGD-50 with
+its public code's step, then AutoAttack standard), aggregated as mean +- std over seeds, and the paper's
+claims checked one by one.
+
+Each seed is one run of the main job (:func:`robustmoe_bench.pipeline.run_pipeline`) in ``OUT/seed-<s>``
+without dissection or publishing, so a killed reproduction resumes where it stopped: finished training
+runs and evaluations are reused, an interrupted training or evaluation continues from its state. Every
+seed evaluates the same test subset (``eval_seed``), so seeds differ only in training.
+
+Claims (the paper's Table 1 and its text), each judged on robust accuracy RA = the per-example worst case
+of the suite:
+
+* ``advmoe-beats-at-moe``: AdvMoE RA > AT(MoE) RA -- the paper's main claim;
+* ``at-moe-below-at-sdense``: AT(MoE) RA < AT(S-Dense) RA -- plain adversarial training of an MoE-CNN
+  falls short of a dense model of the same pathway width;
+* ``advmoe-vs-at-dense``: AdvMoE RA >= AT(Dense) RA -- AdvMoE matches the Dense model at about half its
+  GFLOPs (reported with the GFLOPs of both).
+
+A claim "held" when the sign of the difference of the seed means is the claimed one; the difference
+"exceeds the seeds' spread" when ``|mean_a - mean_b| > std_a + std_b`` (sample standard deviations over
+seeds). No choice is made on test examples: the models, presets and defaults are fixed before this runs.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .checkpoint import atomic_write_bytes
+from .errors import ConfigError
+from .pipeline import METHODS, PipelineConfig, run_pipeline
+
+WORST = "worst_case"
+LABELS = {"at-dense": "AT (Dense)", "at-sdense": "AT (S-Dense)", "at-sparse": "AT (Sparse)", "at-moe": "AT (MoE)",
+          "advmoe": "AdvMoE", "advmoe-public": "AdvMoE (public code's objective)"}
+
+
+@dataclass
+class ReproduceConfig:
+    """Options of :func:`reproduce`."""
+
+    out: str = "runs/table1"
+    preset: str = "fmnist-repro"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    suite: str = "paper"
+    n_examples: int = 1000
+    eval_seed: int = 0
+    data_root: str | None = None
+    workers: int = 0
+
+    def validate(self) -> "ReproduceConfig":
+        from .evaluation.suites import get_suite
+        from .training.config import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
+        get_suite(self.suite)
+        if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds needs at least two different seeds (a spread), got {list(self.seeds)}")
+        if self.n_examples < 1:
+            raise ConfigError(f"--n-examples must be positive, got {self.n_examples}")
+        missing = [m for m in ("at-dense", "at-sdense", "at-moe", "advmoe") if m not in self.methods]
+        if missing:
+            raise ConfigError(f"the paper's claims need the methods {', '.join(missing)} too")
+        return self
+
+
+@dataclass
+class MethodStats:
+    method: str
+    label: str
+    n_seeds: int
+    n_examples: int
+    clean_mean: float
+    clean_std: float
+    ra_mean: float
+    ra_std: float
+    per_attack: dict[str, tuple[float, float]]
+    gflops: float | None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Claim:
+    key: str
+    text: str
+    held: bool
+    a: str
+    b: str
+    diff: float
+    spread: float
+    exceeds_spread: bool
+
+    def line(self) -> str:
+        verdict = "held" if self.held else "did NOT hold"
+        beyond = "exceeds" if self.exceeds_spread else "does not exceed"
+        return (f"{self.text}: **{verdict}** ({LABELS[self.a]} minus {LABELS[self.b]} = {self.diff:+.2f} pts; "
+                f"the difference {beyond} the seeds' spread, {self.spread:.2f} pts)")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def aggregate(results: dict[str, list[dict[str, Any]]]) -> dict[str, MethodStats]:
+    """Per method, mean and sample std over seeds of clean accuracy, RA and each attack's accuracy.
+
+    ``results``: method -> the results JSON objects of its seeds (same suite, same examples).
+    """
+    stats = {}
+    for method, runs in results.items():
+        ns = {r["n_examples"] for r in runs}
+        if len(ns) != 1:
+            raise ConfigError(f"{method}: seeds were evaluated on different numbers of examples {sorted(ns)}")
+        attacks = sorted(set.intersection(*(set(r["robust_acc"]) for r in runs)) - {WORST})
+        g = runs[0].get("gflops") or {}
+        stats[method] = MethodStats(
+            method=method, label=LABELS.get(method, method), n_seeds=len(runs), n_examples=ns.pop(),
+            clean_mean=_mean_std([r["clean_acc"] for r in runs])[0], clean_std=_mean_std([r["clean_acc"] for r in runs])[1],
+            ra_mean=_mean_std([r["robust_acc"][WORST] for r in runs])[0],
+            ra_std=_mean_std([r["robust_acc"][WORST] for r in runs])[1],
+            per_attack={a: _mean_std([r["robust_acc"][a] for r in runs]) for a in attacks},
+            gflops=g.get("total"),
+            runs=[{"seed": r.get("training", {}).get("seed"), "clean_acc": r["clean_acc"],
+                   "ra": r["robust_acc"][WORST]} for r in runs],
+        )
+    return stats
+
+
+def judge(stats: dict[str, MethodStats]) -> list[Claim]:
+    """The paper's three claims on ``stats`` (see the module docstring)."""
+    def claim(key: str, text: str, a: str, b: str, strict: bool) -> Claim:
+        sa, sb = stats[a], stats[b]
+        diff = sa.ra_mean - sb.ra_mean
+        spread = sa.ra_std + sb.ra_std
+        return Claim(key, text, diff > 0 if strict else diff >= 0, a, b, round(diff, 4), round(spread, 4),
+                     abs(diff) > spread)
+
+    out = [claim("advmoe-beats-at-moe", "AdvMoE RA > AT(MoE) RA", "advmoe", "at-moe", True),
+           claim("at-moe-below-at-sdense", "AT(MoE) RA < AT(S-Dense) RA", "at-sdense", "at-moe", True)]
+    c = claim("advmoe-vs-at-dense", "AdvMoE RA >= AT(Dense) RA", "advmoe", "at-dense", False)
+    ga, gd = stats["advmoe"].gflops, stats["at-dense"].gflops
+    if ga is not None and gd is not None:
+        c.text += f" at {ga:.4g} vs {gd:.4g} GFLOPs"
+    out.append(c)
+    return out
+
+
+def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: dict[str, Any]) -> str:
+    attacks = sorted({a for s in stats.values() for a in s.per_attack})
+    lines = [f"# Mini Table 1: {meta['preset']} preset, {meta['suite']} suite", "",
+             f"{len(meta['seeds'])} training seeds ({', '.join(map(str, meta['seeds']))}) per method; each model "
+             f"evaluated on the same {meta['n_examples']} Fashion-MNIST test examples (subset seed "
+             f"{meta['eval_seed']}). Mean +- sample std over seeds, in %. RA = per-example worst case over "
+             f"the suite's attacks.", "",
+             "| method | GFLOPs | SA | " + " | ".join(attacks) + " | RA |",
+             "|---|---:|---:|" + "---:|" * len(attacks) + "---:|"]
+    for s in stats.values():
+        cells = [f"{m:.2f} +- {sd:.2f}" for m, sd in (s.per_attack[a] for a in attacks)]
+        g = "-" if s.gflops is None else f"{s.gflops:.4g}"
+        lines.append(f"| {s.label} | {g} | {s.clean_mean:.2f} +- {s.clean_std:.2f} | " + " | ".join(cells)
+                     + f" | {s.ra_mean:.2f} +- {s.ra_std:.2f} |")
+    lines += ["", "## The paper's claims", ""] + [f"- {c.line()}" for c in claims]
+    lines += ["", f"Produced by `{meta['command']}` in {meta['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(cfg: ReproduceConfig, console: Console | None = None) -> dict[str, Any]:
+    """Train, evaluate and aggregate (resumable); writes ``OUT/table1.{json,md}`` and returns the JSON."""
+    cfg.validate()
+    console = console or Console()
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
+    for seed in cfg.seeds:
+        console.rule(f"seed {seed}")
+        res = run_pipeline(PipelineConfig(
+            out=str(out / f"seed-{seed}"), preset=cfg.preset, methods=cfg.methods, suite=cfg.suite,
+            n_examples=cfg.n_examples, seed=seed, eval_seed=cfg.eval_seed, dissect=False, publish=False,
+            data_root=cfg.data_root, workers=cfg.workers), console)
+        for m in cfg.methods:
+            results[m].append(json.loads(Path(res.results[m]).read_text()))
+    stats = aggregate(results)
+    claims = judge(stats)
+    meta = dict(preset=cfg.preset, suite=cfg.suite, seeds=list(cfg.seeds), n_examples=cfg.n_examples,
+                eval_seed=cfg.eval_seed, seconds=round(time.perf_counter() - t0, 1),
+                command=f"robustmoe-bench reproduce --out {cfg.out} --preset {cfg.preset} --seeds "
+                        f"{','.join(map(str, cfg.seeds))} --n-examples {cfg.n_examples} --suite {cfg.suite}")
+    doc = {"meta": meta, "methods": {m: asdict(s) for m, s in stats.items()},
+           "claims": [asdict(c) | {"line": c.line()} for c in claims]}
+    atomic_write_bytes(out / "table1.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "table1.md", render_markdown(stats, claims, meta).encode())
+    return doc
+
+
+__all__ = ["ReproduceConfig", "reproduce", "aggregate", "judge", "render_markdown", "MethodStats", "Claim"]

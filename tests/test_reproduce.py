@@ -1,0 +1,90 @@
+"""``reproduce``: seeds aggregated as mean +- std, the paper's claims judged with the stated rule, and a
+tiny end-to-end run through the CLI that resumes instead of retraining."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robustmoe_bench.cli import run
+from robustmoe_bench.errors import ConfigError
+from robustmoe_bench.reproduce import ReproduceConfig, aggregate, judge, render_markdown
+from helpers_data import write_fmnist_subset
+
+
+def _res(clean: float, pgd: float, worst: float, gflops: float, n: int = 1000) -> dict:
+    return {"n_examples": n, "clean_acc": clean, "robust_acc": {"pgd-50-paper": pgd, "worst_case": worst},
+            "gflops": {"total": gflops}, "training": {"seed": 0}}
+
+
+def test_aggregate_and_claims_follow_the_stated_rule():
+    results = {
+        "at-dense": [_res(80, 50, 48, 1.0), _res(82, 52, 50, 1.0)],
+        "at-sdense": [_res(76, 46, 44, 0.25), _res(76, 46, 44, 0.25)],
+        "at-moe": [_res(70, 40, 40, 0.5), _res(74, 44, 42, 0.5)],
+        "advmoe": [_res(78, 50, 47, 0.5), _res(80, 52, 49, 0.5)],
+    }
+    stats = aggregate(results)
+    d = stats["at-dense"]
+    assert d.clean_mean == 81 and d.clean_std == pytest.approx(2 ** 0.5) and d.ra_mean == 49
+    assert d.per_attack["pgd-50-paper"][0] == 51 and stats["at-sdense"].ra_std == 0
+    claims = {c.key: c for c in judge(stats)}
+    c = claims["advmoe-beats-at-moe"]  # 48 vs 41, stds 1.41 + 1.41
+    assert c.held and c.diff == 7 and c.spread == pytest.approx(2.8284, abs=1e-4) and c.exceeds_spread
+    c = claims["at-moe-below-at-sdense"]  # 44 vs 41
+    assert c.held and c.diff == 3 and c.exceeds_spread  # 3 > 1.41 + 0
+    c = claims["advmoe-vs-at-dense"]  # 48 vs 49: did not hold, within the spread
+    assert not c.held and c.diff == -1 and not c.exceeds_spread and "0.5 vs 1 GFLOPs" in c.text
+    assert "did NOT hold" in c.line() and "does not exceed" in c.line()
+    md = render_markdown(stats, list(claims.values()), dict(preset="p", suite="paper", seeds=[0, 1], n_examples=1000,
+                                                            eval_seed=0, seconds=1.0, command="x"))
+    assert "| AT (Dense) | 1 | 81.00 +- 1.41 | 51.00 +- 1.41 | 49.00 +- 1.41 |" in md
+
+
+def test_bad_configs_are_clear_errors():
+    with pytest.raises(ConfigError, match="at least two different seeds"):
+        ReproduceConfig(seeds=(0,)).validate()
+    with pytest.raises(ConfigError, match="claims need the methods advmoe"):
+        ReproduceConfig(methods=("at-dense", "at-sdense", "at-moe")).validate()
+    with pytest.raises(ConfigError, match="unknown preset"):
+        ReproduceConfig(preset="nope").validate()
+    with pytest.raises(ConfigError, match="different numbers of examples"):
+        aggregate({"at-dense": [_res(1, 1, 1, 1, n=10), _res(1, 1, 1, 1, n=20)]})
+
+
+def test_cli_bad_seeds_one_line(tmp_path, capsys):
+    assert run(["reproduce", "--seeds", "0,x", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "comma-separated integers" in err and len(err.splitlines()) == 1 and not (tmp_path / "t").exists()
+
+
+def test_tiny_reproduction_end_to_end_and_resume(tmp_path, capsys):
+    (tmp_path / "fm").mkdir()
+    root = write_fmnist_subset(tmp_path / "fm", 320, 48)
+    out = tmp_path / "t1"
+    args = ["reproduce", "--out", str(out), "--preset", "fmnist-tiny", "--seeds", "0,1", "--suite", "quick",
+            "--n-examples", "16", "--methods", "at-dense,at-sdense,at-moe,advmoe", "--data-root", str(root),
+            "--workers", "1"]
+    assert run(args) == 0
+    doc = json.loads((out / "table1.json").read_text())
+    assert sorted(doc["methods"]) == ["advmoe", "at-dense", "at-moe", "at-sdense"]
+    for m, s in doc["methods"].items():
+        runs = [json.loads((out / f"seed-{k}" / "results" / f"{m}.json").read_text()) for k in (0, 1)]
+        assert [r["training"]["seed"] for r in runs] == [0, 1] and s["n_examples"] == 16
+        assert s["ra_mean"] == pytest.approx(sum(r["robust_acc"]["worst_case"] for r in runs) / 2)
+        assert s["clean_mean"] == pytest.approx(sum(r["clean_acc"] for r in runs) / 2)
+    # every seed was evaluated on the same test examples
+    a, b = (json.loads((out / f"seed-{k}" / "results" / "at-dense.json").read_text()) for k in (0, 1))
+    assert a["seed"] == b["seed"] == 0
+    assert [c["key"] for c in doc["claims"]] == ["advmoe-beats-at-moe", "at-moe-below-at-sdense", "advmoe-vs-at-dense"]
+    md = (out / "table1.md").read_text()
+    assert "## The paper's claims" in md and md.count("**held**") + md.count("**did NOT hold**") == 3
+    assert not (out / "seed-0" / "dissect").exists() and not (out / "seed-0" / "leaderboards").exists()
+    # a second run reuses every model and evaluation: the same table
+    ckpt = out / "seed-1" / "models" / "advmoe" / "ckpt.pt"
+    mtime = ckpt.stat().st_mtime_ns
+    capsys.readouterr()
+    assert run(args) == 0
+    assert ckpt.stat().st_mtime_ns == mtime and "reusing finished run" in capsys.readouterr().out
+    assert json.loads((out / "table1.json").read_text())["methods"] == doc["methods"]
