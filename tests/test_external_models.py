@@ -268,6 +268,25 @@ def test_without_forcing_the_adaptive_attacks_are_reported_skipped(setup: dict[s
     entry = entry_from_results(res, title="Foreign top-2 MoE")
     assert "Attacks skipped: soft-pgd (the routing adapter (router-modules) cannot force a pathway)" in entry.footnote
     assert "The worst case covers only: pgd-50, joint, router-untargeted" in entry.footnote
+    # issue 12's additions are written for --model evaluations too: n of N, intervals, per-example outcomes
+    n = res["n_examples"]
+    assert n == 6 and res["n_total"] == 40 and res["model"]["factory"] == "helpers_foreign_moe:make_top2"
+    assert set(res["intervals"]["robust_acc"]) == set(res["robust_acc"])  # skipped attacks have neither
+    assert res["intervals"]["robust_acc"]["worst_case"]["n"] == n
+    assert set(res["intervals"]["router_robustness"]) == set(res["router_robustness"])
+    assert "autoattack" in res["robust_acc_alone"] and "autoattack" in res["intervals"]["robust_acc_alone"]
+    outcomes = {k: v for k, v in res["examples"].items() if k != "indices_sha256"}
+    assert set(outcomes) == {"clean", "worst_case", "autoattack"} and all(len(v) == n for v in outcomes.values())
+    assert outcomes["worst_case"].count("1") == round(res["robust_acc"]["worst_case"] * n / 100)
+    # the skipped attacks' footnote survives publishing and the README/page renderer
+    root = tmp_path / "lb"
+    assert cli_run(["leaderboard", "publish", str(out), "--name", "ForeignTop2", "--root", str(root)]) == 0
+    assert cli_run(["leaderboard", "validate", "--root", str(root)]) == 0
+    assert cli_run(["leaderboard", "build", "--root", str(root)]) == 0
+    md, page = (root / "README.md").read_text(), (root / "index.html").read_text()
+    for text in (md, page):
+        assert "Attacks skipped: soft-pgd (the routing adapter (router-modules) cannot force a pathway)" in text
+        assert "The worst case covers only: pgd-50, joint, router-untargeted" in text
 
 
 def test_top2_dissection_and_iou_with_the_generic_adapter(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -423,3 +442,4 @@ def test_dissect_of_a_model_without_routers_and_iou_mask_refused(setup: dict[str
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--mask needs a robustmoe-bench MoE checkpoint" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "i").exists()
+
