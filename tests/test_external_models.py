@@ -443,3 +443,22 @@ def test_dissect_of_a_model_without_routers_and_iou_mask_refused(setup: dict[str
     assert code == 2 and "--mask needs a robustmoe-bench MoE checkpoint" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "i").exists()
 
+def test_user_text_of_external_models_prints_literally(setup: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An adapter's name comes from the user's code and reaches the FLOPs table, the skipped reasons
+    (table, lines under it, results JSON): rich markup in it is shown as written, never interpreted."""
+    (tmp_path / "hostile_adapter.py").write_text(
+        "from helpers_foreign_moe import GateAdapter\n\n\n"
+        "class Hostile(GateAdapter):\n    name = '[/] [bold]gates'\n    can_force = False\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [a if a != "helpers_foreign_moe:GateAdapter" else "hostile_adapter:Hostile" for a in top1_args(setup)]
+    assert cli_run(["flops", *args]) == 0
+    assert "[/] [bold]gates adapter, top-1" in " ".join(capsys.readouterr().out.split())
+    out = tmp_path / "hostile.json"
+    assert cli_run(["evaluate", *args, "--suite", "full", "-n", "4", "--eps", "0.1", "--out", str(out), "-q"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    reason = "the routing adapter ([/] [bold]gates) cannot force a pathway"
+    assert f"skipped soft-pgd: {reason}" in text and f"skipped pathway-forced: {reason}" in text
+    res = json.loads(out.read_text())
+    assert {a["name"]: a["skipped"] for a in res["attacks"] if a["skipped"]} == {"soft-pgd": reason, "pathway-forced": reason}

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
@@ -78,17 +79,17 @@ def dissect_cmd(
     plot_dissection(res, out / "dissect.png", title=f"{label}: {mo.model_description(net)}")
     res.save(out / "dissect.json")  # last: its presence means the run finished
 
-    t = Table(title=f"Dissection of {label} on {res.n_examples} examples (ε={res.eps_str}, "
+    t = Table(title=f"Dissection of {escape(label)} on {res.n_examples} examples (ε={res.eps_str}, "
                     f"clean acc {res.clean_acc:.2f}%)")
     t.add_column("")
     for d in res.dissections():
-        t.add_column(d.attack, justify="right")
+        t.add_column(escape(d.attack), justify="right")
     for cat in CATEGORIES:
         t.add_row(CATEGORY_LABELS[cat], *(f"{d.counts[cat]} ({d.percent[cat]:.2f}%)" for d in res.dissections()))
     t.add_row("routers' robustness ①+③", *(f"{d.router_robustness:.2f}%" for d in res.dissections()))
     t.add_row("model's robustness ①+②", *(f"{d.model_robustness:.2f}%" for d in res.dissections()))
     for name in res.layers:
-        t.add_row(f"routing changed: {name}", *(f"{d.layer_change_rates[name]:.2f}%" for d in res.dissections()))
+        t.add_row(f"routing changed: {escape(name)}", *(f"{d.layer_change_rates[name]:.2f}%" for d in res.dissections()))
     console.print(t)
     if res.routers_alone_robust_acc is not None:
         console.print(f"robust accuracy of the routers alone (routing unchanged under router attack): "
@@ -152,7 +153,7 @@ def iou_cmd(
     res.save(out / "iou.json")
 
     ref = f"mask of {mask.name}" if mask is not None else "its majority pathway (units: experts)"
-    t = Table(title=f"Pathway IoU of {label} vs {ref} ({res.n_examples} examples)")
+    t = Table(title=f"Pathway IoU of {escape(label)} vs {escape(ref)} ({res.n_examples} examples)")
     t.add_column("inputs")
     for k in ("mean", "std", "min", "median", "max"):
         t.add_column(k, justify="right")
@@ -168,13 +169,13 @@ def iou_cmd(
         u.add_column(f"expert {e}", justify="right")
     for i, name in enumerate(res.layers):
         c, a = res.utilisation["clean"].share[i], res.utilisation["adversarial"].share[i]
-        u.add_row(name, *(f"{100 * c[e]:.1f} -> {100 * a[e]:.1f}" for e in range(res.experts)))
+        u.add_row(escape(name), *(f"{100 * c[e]:.1f} -> {100 * a[e]:.1f}" for e in range(res.experts)))
     console.print(u)
     if res.clean_vs_adversarial is not None:
         m = sum(res.clean_vs_adversarial) / len(res.clean_vs_adversarial)
         console.print(f"mean IoU of each input's clean and adversarial pathway: {m:.4f}")
     console.print(f"routing changed by the attack on {res.routing_change_rate:.2f}% of inputs; "
-                  f"wrote {out / 'iou.json'}, {out / 'iou.png'}, {out / 'utilisation.png'}")
+                  f"wrote {out / 'iou.json'}, {out / 'iou.png'}, {out / 'utilisation.png'}", markup=False)
 
 
 def _overrides(items: list[str]) -> dict:

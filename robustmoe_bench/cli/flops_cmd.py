@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..analysis.flops import GFlops, gflops, is_router_module
@@ -130,13 +131,13 @@ def _latency_report(model: RoutedNet, g: GFlops, repeats: int) -> dict:
 
 def _print_table(model: torch.nn.Module, g: GFlops, out: dict, ckpt: Optional[Path],
                  router_of=is_router_module) -> None:  # noqa: ANN001
-    t = Table(title=f"GFLOPs per input: {mo.model_description(model)} (fvcore: 1 multiply-add = 1 FLOP)")
+    t = Table(title=f"GFLOPs per input: {escape(mo.model_description(model))} (fvcore: 1 multiply-add = 1 FLOP)")
     t.add_column("module", style="bold")
     t.add_column("part")
     t.add_column("FLOPs", justify="right")
     t.add_column("share", justify="right")
     for name, v in g.per_module.items():
-        t.add_row(name or "(top level)", "router" if router_of(name) else "pathway",
+        t.add_row(escape(name) if name else "(top level)", "router" if router_of(name) else "pathway",
                   f"{v * 1e9:,.0f}", f"{100 * v / g.total:.1f}%")
     console.print(t)
     src = f"averaged over {g.n_inputs} test inputs" if ckpt is not None else "one random input"
