@@ -544,7 +544,8 @@ def entry_from_results(
                     ("unreliable", Optional[bool]), ("checkpoint_sha256", Optional[str]),
                     ("package_version", Optional[str]), ("model", Optional[dict[str, Any]]),
                     ("training", Optional[dict[str, Any]]), ("gflops", Optional[dict[str, Optional[float]]]),
-                    ("intervals", Optional[dict[str, Any]]), ("attacks", Optional[list[dict[str, Any]]])):
+                    ("intervals", Optional[dict[str, Any]]), ("attacks", Optional[list[dict[str, Any]]]),
+                    ("worst_case_attacks", Optional[list[str]])):
         _typed(results, key, tp, r)
     if results["n_examples"] < 1:
         raise LeaderboardError(f"results: 'n_examples' must be positive, got {results['n_examples']!r}")
