@@ -261,6 +261,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
     else:
         torch.manual_seed(cfg.seed)
         net = method.build_model(cfg)
+    method.check_model(net)  # before anything is written
     net.to(dctx.device)
     D.barrier(dctx)  # every rank has checked the folder before rank 0 writes into it
     if dctx.is_main:
