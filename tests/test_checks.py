@@ -52,20 +52,23 @@ def test_false_positive_rate_is_at_most_alpha() -> None:
 
 
 def test_measured_ordinary_models_pass_that_the_old_rule_flagged() -> None:
-    """The zoo's TRADES models, evaluated with the full suite on 200 Fashion-MNIST examples (their
-    recorded results in robustmoe_bench/zoo_registry.json): Square broke 1 of the 29 white-box survivors
-    (at-dense) and 2 of 17 (at-moe) among the 64 checked, i.e. 1.6 and 3.1 pp: both flagged by the old
-    '1 pp of n' rule, both ordinary for the binomial rule. So does a case like the issue's: 3 of 130
-    survivors at n = 200."""
+    """The zoo's earlier TRADES models, evaluated with the full suite on 200 Fashion-MNIST examples (their
+    results as recorded in robustmoe_bench/zoo_registry.json up to commit 78a8b8a, before the zoo was
+    refreshed): Square broke 1 of the 29 white-box survivors (at-dense) and 2 of 17 (at-moe) among the 64
+    checked, i.e. 1.6 and 3.1 pp: both flagged by the old '1 pp of n' rule, both ordinary for the binomial
+    rule. So does a case like the issue's: 3 of 130 survivors at n = 200. The refreshed zoo's ordinary AT
+    models pass every check as recorded."""
     import json
 
-    reg = json.loads((REPO / "robustmoe_bench" / "zoo_registry.json").read_text())["models"]
-    for name, (k, m) in {"fmnist-at-dense": (1, 29), "fmnist-at-moe": (2, 17)}.items():
-        ev = reg[name]["results"]["flags"]["square_vs_whitebox"]["evidence"]
-        assert f"broke {k} of the {m} examples" in ev  # the measurement this test rests on
+    for k, m in ((1, 29), (2, 17)):  # the measurements this test rests on
         assert not count_rule(k, m, SQUARE_P0)["flagged"]
         assert 100 * k / 64 > 1.0  # what the old rule did with it
     assert not count_rule(3, 130, SQUARE_P0)["flagged"]
+    reg = json.loads((REPO / "robustmoe_bench" / "zoo_registry.json").read_text())["models"]
+    for name in ("fmnist-at-dense", "fmnist-at-sdense", "fmnist-at-moe", "fmnist-advmoe"):
+        res = reg[name]["results"]
+        assert res["n_examples"] >= 200 and not res["unreliable"], name
+        assert all(f["passed"] for f in res["flags"].values()), name
 
 
 def test_square_check_end_to_end_on_masks() -> None:

@@ -223,7 +223,9 @@ def _add_worker(ckpt, zoo, name, barrier, queue):
 def test_concurrent_adds_lose_no_model(tiny_ckpt, tmp_path):
     ckpt, _ = tiny_ckpt
     zoo = tmp_path / "zoo"
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked child that runs torch after the parent's OpenMP pool started can stall
+    # for minutes on a loaded machine (libgomp is not fork-safe); that timed the test out under load.
+    ctx = mp.get_context("spawn")
     names = [f"m{i}" for i in range(4)]
     barrier, queue = ctx.Barrier(len(names)), ctx.Queue()
     procs = [ctx.Process(target=_add_worker, args=(ckpt, zoo, n, barrier, queue)) for n in names]
