@@ -168,3 +168,39 @@ def test_cli_corruptions_and_bad_input(trained, tmp_path, capsys):
         assert needle in err and "Traceback" not in err and not bad.exists()
     assert run(["evaluate", str(trained["ckpt"]), "--suite", "quick", "--severities", "1"]) == 2
     assert "options of --suite corruptions" in capsys.readouterr().err
+
+
+def test_publish_corruption_entry_and_corruptions_acc_on_an_linf_entry(trained, tmp_path, capsys):
+    from test_leaderboard import make_results
+
+    from robustmoe_bench.leaderboard import load_board, validate_root
+
+    corr = tmp_path / "corr.json"
+    res = evaluate_corruptions(str(trained["ckpt"]), data_root=trained["root"], n_examples=40,
+                               corruptions=["contrast", "fog"], severities=[1, 3], out=corr)
+    root = tmp_path / "lb"
+    assert run(["leaderboard", "publish", str(corr), "--name", "ConvMoE-top2", "--root", str(root)]) == 0
+    entry = json.loads((root / "fashion-mnist" / "corruptions" / "ConvMoE-top2.json").read_text())
+    assert entry["corruptions_acc"] == f"{res.corruptions_acc:.2f}" and entry["eps"] is None
+    assert entry["clean_acc"] == f"{res.clean_acc:.2f}" and "autoattack_acc" not in entry
+    assert entry["architecture"] == "ResNet-tiny ConvMoE (N=3, top-2)"
+    assert "2 common corruptions x 2 severities" in entry["footnote"]
+    # beside an Linf entry of the same checkpoint (the sha must agree)
+    sha = json.loads(corr.read_text())["checkpoint_sha256"]
+    linf = tmp_path / "linf.json"
+    linf.write_text(json.dumps(make_results(dataset="fashion-mnist", eps=0.1, eps_str="0.1", checkpoint_sha256=sha)))
+    assert run(["leaderboard", "publish", str(linf), "--name", "ConvMoE-top2", "--root", str(root),
+                "--corruptions", str(corr)]) == 0
+    e2 = json.loads((root / "fashion-mnist" / "Linf" / "ConvMoE-top2.json").read_text())
+    assert e2["corruptions_acc"] == f"{res.corruptions_acc:.2f}" and e2["autoattack_acc"] == "57.40"
+    n, problems = validate_root(root)
+    assert n == 2 and not [p for p in problems if not p.warning]
+    board = load_board(root)
+    (rows,) = [v for k, v in board.items() if "corruptions" in str(k)]
+    assert [r.entry.corruptions["corruptions_acc"] for r in rows] == [pytest.approx(res.corruptions_acc, abs=0.0051)]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(make_results(dataset="fashion-mnist", eps=0.1, eps_str="0.1", checkpoint_sha256="b" * 64)))
+    capsys.readouterr()
+    assert run(["leaderboard", "publish", str(other), "--name", "Other", "--root", str(root), "--corruptions", str(corr)]) == 2
+    assert "different checkpoint" in capsys.readouterr().err
+    assert not (root / "fashion-mnist" / "Linf" / "Other.json").exists()
