@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_data import write_fmnist_subset
-from robustmoe_bench.checkpoint import save_checkpoint
+from helpers_topk import train_topk
 from robustmoe_bench.cli import run
 from robustmoe_bench.data import as_tensors, load_dataset
 from robustmoe_bench.data.corruptions import (CORRUPTION_NAMES, CORRUPTIONS, clipped_zoom, corrupt, disk_kernel,
                                               motion_kernels, plasma_fractal)
 from robustmoe_bench.errors import ConfigError
 from robustmoe_bench.evaluation.corruptions import evaluate_corruptions
-from robustmoe_bench.models import create_model
 
 
 def _images(n: int = 8) -> torch.Tensor:
@@ -102,29 +100,7 @@ def test_bad_arguments():
 # --------------------------------------------------------------------------- the suite on a trained model
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    root = write_fmnist_subset(tmp_path_factory.mktemp("fmnist-corr"), 1000, 200)
-    xtr, ytr = as_tensors(load_dataset("fashion-mnist", "train", root=root))
-    torch.manual_seed(0)
-    model = create_model("resnet-tiny", "moe", moe="conv", experts=3, k=2, dataset="fashion-mnist")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    model.train()
-    for _ in range(120):
-        idx = torch.randint(0, 1000, (64,))
-        loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    # batch-norm statistics of the final weights (the running averages lag behind a short fast run)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in bns:
-        m.momentum = 1.0  # the running statistics become those of one pass over the training images
-    with torch.no_grad():
-        model(xtr)
-    for m in bns:
-        m.momentum = 0.1
-    ckpt = tmp_path_factory.mktemp("ck") / "conv.safetensors"
-    save_checkpoint(ckpt, model.eval(), training={"method": "test-ce", "steps": 80})
-    return {"root": root, "ckpt": ckpt}
+    return train_topk(tmp_path_factory.mktemp("conv-top2"), moe="conv", k=2, experts=3)
 
 
 def test_suite_accuracy_falls_with_severity_and_routing_changes(trained, tmp_path):
