@@ -163,10 +163,12 @@ def sweep_cmd(
     n_examples: int = typer.Option(1000, "--n-examples", help="Test examples per evaluation."),
     seed: int = typer.Option(0, "--seed", help="Seed of training and of the evaluation subset."),
     no_dense: bool = typer.Option(False, "--no-dense", help="Skip the Dense (at-dense) reference."),
+    design: str = typer.Option("channel", "--design", help="Expert designs, comma-separated: channel (N x r grid), conv, block (N x k grid)."),
+    k: str = typer.Option("1", "--k", help="conv/block designs: experts per input k, comma-separated (cells with k > N are left out)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set."),
 ) -> None:
     """Train and evaluate every (experts, scale) cell; resumes, skipping finished cells."""
-    from ..analysis.sweep import SweepConfig, parse_experts, parse_scales, run_sweep
+    from ..analysis.sweep import SweepConfig, parse_designs, parse_experts, parse_ks, parse_scales, run_sweep
 
     overrides = _overrides(sets)
     for key, value in (("arch", arch), ("router", router), ("epochs", epochs), ("subset", subset),
@@ -176,20 +178,32 @@ def sweep_cmd(
     cfg = SweepConfig(
         experts=parse_experts(experts), scales=parse_scales(scale), method=method, preset=preset,
         train_overrides=overrides, suite=suite, n_examples=n_examples, seed=seed, dense_reference=not no_dense,
-        data_root=None if data_root is None else str(data_root),
+        data_root=None if data_root is None else str(data_root), designs=parse_designs(design), ks=parse_ks(k),
     )
 
     def on_cell(name: str, skipped: bool) -> None:
         console.print(f"cell {name}: {'already finished, skipped' if skipped else 'trained and evaluated'}")
 
     res = run_sweep(cfg, out, on_cell=on_cell)
-    t = Table(title=f"{method} sweep: worst-case robust / clean accuracy (%), suite {suite}")
-    t.add_column("experts N \\ scale r")
-    for r in cfg.scales:
-        t.add_column(f"{r:g}", justify="right")
-    for n in cfg.experts:
-        t.add_row(str(n), *(f"{res.cell(n, r).robust_acc:.2f} / {res.cell(n, r).clean_acc:.2f}" for r in cfg.scales))
-    if res.dense is not None:
-        t.caption = f"Dense reference ({res.dense.method}): {res.dense.robust_acc:.2f} / {res.dense.clean_acc:.2f}"
-    console.print(t)
+    caption = (f"Dense reference ({res.dense.method}): {res.dense.robust_acc:.2f} / {res.dense.clean_acc:.2f}"
+               if res.dense is not None else None)
+    if "channel" in cfg.designs:
+        t = Table(title=f"{method} sweep: worst-case robust / clean accuracy (%), suite {suite}")
+        t.add_column("experts N \\ scale r")
+        for r in cfg.scales:
+            t.add_column(f"{r:g}", justify="right")
+        for n in cfg.experts:
+            t.add_row(str(n), *(f"{res.cell(n, r).robust_acc:.2f} / {res.cell(n, r).clean_acc:.2f}" for r in cfg.scales))
+        t.caption = caption
+        console.print(t)
+    rows = res.topk_rows()
+    if rows:
+        t = Table(title=f"{method} sweep, full-copy experts: worst-case robust / clean accuracy (%), suite {suite}")
+        t.add_column("design, experts N \\ k")
+        for kk in cfg.ks:
+            t.add_column(str(kk), justify="right")
+        for d, n, cells in rows:
+            t.add_row(f"{d}, {n}", *("-" if c is None else f"{c.robust_acc:.2f} / {c.clean_acc:.2f}" for c in cells))
+        t.caption = caption
+        console.print(t)
     console.print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}", markup=False)

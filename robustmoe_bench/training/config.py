@@ -63,6 +63,9 @@ SCALE_DEFAULT = 0.5
 #: TRADES attack starts (see module docstring).
 TRADES_STARTS = ("normal", "uniform")
 
+#: The full-copy (``--moe conv``/``block``) options (see :meth:`TrainConfig.run_identity`).
+TOPK_FIELDS = ("moe", "k", "moe_stages", "noise", "capacity", "balance", "balance_weight")
+
 #: Fields that describe how a run is executed, not what it computes: ignored when a folder's stored
 #: configuration is compared with a new one.
 RUNTIME_FIELDS = ("device", "workers", "data_root")
@@ -142,7 +145,10 @@ class TrainConfig:
 
     def run_identity(self) -> dict[str, Any]:
         """The fields that define what the run computes (used to detect a different run in a folder)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        # the full-copy options are left out where unset, so channel-MoE and non-MoE runs keep the
+        # identity they had before these options existed (sweep cells, run folders)
+        return {k: v for k, v in self.to_dict().items()
+                if k not in RUNTIME_FIELDS and not (k in TOPK_FIELDS and v is None)}
 
     # ------------------------------------------------------------------ validation
     def resolve(self) -> "TrainConfig":
