@@ -223,3 +223,21 @@ def test_bad_options(kw, msg):
 def test_non_resnet_architecture_is_a_clear_error():
     with pytest.raises(ConfigError, match="resnet architectures only"):
         create_model("vgg-mini", "moe", moe="conv", k=2, dataset="fashion-mnist")
+
+
+@pytest.mark.parametrize("moe", ["conv", "block"])
+def test_flops_count_the_chosen_experts_only(moe):
+    from robustmoe_bench.analysis.flops import gflops
+
+    dense = gflops(create_model("resnet-tiny", "dense", dataset="fashion-mnist"))
+    # the Dense cost of what one expert computes: the last stage's two 3x3 convs (+ the whole block for BlockMoE)
+    last = {k: v for k, v in dense.per_module.items() if k.startswith("body.layers.1.")}
+    one = (last["body.layers.1.conv1"] + last["body.layers.1.conv2"]) if moe == "conv" else sum(last.values())
+    x = _x(8)
+    for n, k in ((2, 1), (4, 1), (3, 2), (4, 3)):
+        m = _model(moe, k, experts=n).eval()
+        g = gflops(m, x)
+        assert g.pathway == pytest.approx(dense.pathway + (k - 1) * one, rel=1e-9), (n, k)
+        # the gates: global average pooling of the layer input (one FLOP per element) + a linear layer to N
+        gates = (8 * 28 * 28 + 8 * n) + ((16 * 14 * 14 + 16 * n) if moe == "conv" else 0)
+        assert g.router == pytest.approx(gates / 1e9, rel=1e-9)
