@@ -110,7 +110,7 @@ def _job_train(cfg: PipelineConfig, method: str, from_dense: str | None, progres
         overrides["from_dense"] = from_dense  # Hydra prunes a pretrained Dense model
     tcfg = TrainConfig.from_preset(cfg.preset, **overrides)
     result = train(tcfg, run_dir, progress=progress, resume=(run_dir / "config.json").exists())
-    _say(f"{method}: trained, held-out clean {result.final_clean_acc:.1f}% PGD-10 {result.final_pgd10_acc:.1f}%")
+    _say(f"{method}: trained, validation clean {result.final_clean_acc:.1f}% PGD-10 {result.final_pgd10_acc:.1f}%")
     return {"path": str(result.ckpt), "reused": False}
 
 

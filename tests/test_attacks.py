@@ -202,11 +202,14 @@ def test_pathway_forced_layer_router_pathways():
     attack._generator = torch.Generator().manual_seed(0)
     pws = attack.pathways(model, x)
     assert len(pws) == 2 + 1 + 3  # N uniform + clean + random
-    assert pws[0] == {"*": 0} and pws[1] == {"*": 1}
+    names = [n for n, _ in model.moe_layers()]
+    # pathways map every MoE layer to [B, k] expert sets (k = 1 here): uniform pathways first
+    for e in (0, 1):
+        assert sorted(pws[e]) == sorted(names)
+        assert all(torch.equal(pws[e][n], torch.full((4, 1), e)) for n in names)
     with torch.no_grad(), routing_trace(model) as tr:
         model(x)
-    names = [n for n, _ in model.moe_layers()]
-    assert all(torch.equal(pws[2][n], tr.experts()[i]) for i, n in enumerate(names))
+    assert all(torch.equal(pws[2][n], tr.experts()[i].unsqueeze(1)) for i, n in enumerate(names))
 
 
 # ------------------------------------------------------------------------- router attacks

@@ -36,7 +36,7 @@ EPS = "0.03"  # the synthetic classes are 0.1 apart in brightness: 0.03 leaves s
 RESULT_KEYS = {
     "schema_version", "suite", "dataset", "threat_model", "eps", "eps_str", "n_examples", "seed", "clean_acc",
     "robust_acc", "attacks", "routing", "router_robustness", "flags", "unreliable", "gflops", "seconds", "model",
-    "training", "checkpoint", "checkpoint_sha256", "package_version",
+    "training", "checkpoint", "checkpoint_sha256", "package_version", "worst_case_attacks",
     "n_total", "robust_acc_alone", "intervals", "examples",
 }
 
@@ -292,6 +292,7 @@ def test_quick_suite_json_matches_direct_pgd(setup: dict[str, Path], tmp_path: P
     assert d["checkpoint"] == str(setup["ckpt"]) and len(d["checkpoint_sha256"]) == 64
     assert d["flags"] == {} and d["unreliable"] is False
     assert d["gflops"] is None or d["gflops"]["total"] > 0
+    assert d["worst_case_attacks"] == ["pgd-20"]
 
 
 def test_results_round_trip_and_strict_reading(tmp_path: Path) -> None:

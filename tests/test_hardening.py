@@ -278,6 +278,7 @@ def test_registry_fields_have_strict_types(tmp_path, capsys, field, value, needl
     ({"model": {"arch": "resnet18", "kind": "moe", "experts": "two"}}, "'experts' must be an integer"),
     ({"training": {"method": 7}}, "'method' must be a string"),
     ({"unreliable": "no"}, "'unreliable' must be true or false"),
+    ({"worst_case_attacks": "pgd-50"}, "'worst_case_attacks' must be a list"),
 ])
 def test_publish_refuses_malformed_results_in_one_line(tmp_path, capsys, over, needle):
     res = write_results(tmp_path, **over)

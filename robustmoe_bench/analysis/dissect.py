@@ -2,8 +2,8 @@
 
 Attack the model once; for every test example decide
 
-* **routers fooled**: some MoE layer chose a different expert on ``x_adv`` than on ``x``
-  (read from :func:`~robustmoe_bench.models.routing_trace`);
+* **routers fooled**: some MoE layer chose a different expert on ``x_adv`` than on ``x`` (top-k: a
+  different expert SET), read from the model's routing adapter (ours, ``--router-modules`` or ``--adapter``);
 * **prediction fooled**: the model is not robust on the example, i.e. its prediction on ``x_adv``
   is wrong **or** the clean example ``x`` is already misclassified.
 
@@ -57,14 +57,19 @@ _PGD_NAME = re.compile(r"^pgd-?(\d+)$")
 
 # --------------------------------------------------------------------------- shared helpers
 def require_moe(model: torch.nn.Module, what: str = "this analysis") -> None:
-    """Raise :class:`ModelError` unless ``model`` is a robustmoe_bench MoE model."""
+    """Raise :class:`ModelError` unless ``model`` has routers: one of our MoE models, or a model with a
+    routing adapter (``--router-modules`` / ``--adapter``)."""
+    from ..adapters.routing import get_adapter
+
+    if get_adapter(model) is not None:
+        return
     spec = getattr(model, "spec", None)
-    if spec is None or not hasattr(model, "moe_layers"):
-        raise ModelError(f"{what} needs a robustmoe-bench model, got {type(model).__name__}")
-    if not spec.is_moe or not model.moe_layers():
-        raise ModelError(
-            f"{what} needs an MoE model (with routers), but this is a {spec.kind!r} model ({spec.describe()})"
-        )
+    if spec is None:
+        raise ModelError(f"{what} needs routers, but {type(model).__name__} has no routing adapter "
+                         "(give --router-modules REGEX or --adapter module:callable)")
+    raise ModelError(
+        f"{what} needs an MoE model (with routers), but this is a {spec.kind!r} model ({spec.describe()})"
+    )
 
 
 def resolve_attack(
@@ -113,10 +118,11 @@ def _params_of(atk: object) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_and_route(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, list[str]]:
-    """One traced forward: predictions ``[B]`` long, experts ``[L, B]`` long, MoE layer names ``[L]``."""
-    from ..models import routing_trace
+    """One traced forward: predictions ``[B]`` long, chosen expert sets ``[L, B, k]`` long (sorted), MoE
+    layer names ``[L]``."""
+    from ..adapters.routing import require_adapter
 
-    with routing_trace(model) as tr:
+    with require_adapter(model, "routing").trace() as tr:
         logits = model(x)
     return logits.argmax(dim=1), tr.experts(), tr.layer_names
 
@@ -244,9 +250,12 @@ def dissect(
         raise ConfigError("dissection needs at least one example")
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
-    spec = model.spec  # type: ignore[attr-defined]
-    info = get_dataset_info(spec.dataset)
-    eps = float(info.eps if eps is None else eps)
+    from ..adapters.external import model_dataset, model_record
+
+    dataset = model_dataset(model)
+    if eps is None and dataset is None:
+        raise ConfigError("the model does not say which data set it is for; give eps")
+    eps = float(get_dataset_info(dataset).eps if eps is None else eps)  # type: ignore[arg-type]
     from ..config import format_eps
 
     kinds: list[tuple[str, dict[str, Any], AttackFn]] = [resolve_attack(attack, eps, seed=seed, norm=norm)]
@@ -275,7 +284,8 @@ def dissect(
                 seconds[k] += time.perf_counter() - t0
                 check_in_ball(x_adv, xb, eps, norm, name)
                 pred_a, experts_a, _ = predict_and_route(model, x_adv)
-                flags[k]["layer"].append((experts_a != experts).cpu())
+                # a layer's routing changed iff its chosen expert SET changed (top-k: any member)
+                flags[k]["layer"].append((experts_a != experts).any(dim=-1).cpu())
                 flags[k]["adv_ok"].append((pred_a == yb).cpu())
             if progress is not None:
                 progress(min(start + batch_size, n), n)
@@ -296,7 +306,7 @@ def dissect(
         n_examples=n, clean_acc=_pct(int(clean.sum()), n), eps=eps, eps_str=format_eps(eps), norm=norm,
         seed=seed, layers=names, attack=results[0], router_attack=router_res,
         routers_alone_robust_acc=router_res.router_robustness if router_res else None,
-        model=spec.to_dict(), dataset=spec.dataset, seconds=time.perf_counter() - t_start,
+        model=model_record(model), dataset=dataset, seconds=time.perf_counter() - t_start,
     )
 
 

@@ -154,7 +154,7 @@ def gflops(model: nn.Module, x: Tensor | None = None) -> GFlops:
     routing of the inputs, only chosen experts counted. The model's mode and execution are restored.
     """
     if not isinstance(model, RoutedNet):
-        raise ModelError(f"FLOP counting needs a robustmoe_bench model, got {type(model).__name__}")
+        return external_gflops(model, x)
     device = next(model.parameters()).device
     if x is None:
         x = torch.rand(1, *model.spec.input_shape, device=device)
@@ -203,4 +203,60 @@ def _moe_counts(model: RoutedNet, x: Tensor) -> dict[str, float]:
     return {k: v / n for k, v in total.items()}
 
 
-__all__ = ["GFlops", "gflops", "is_router_module"]
+def external_gflops(model: nn.Module, x: Tensor | None = None) -> GFlops:
+    """GFLOPs per input of a model robustmoe-bench did not build (an
+    :class:`~robustmoe_bench.adapters.ExternalModel`), fvcore convention, on ``x`` ``[B, C, H, W]``.
+
+    fvcore counts the operators the model's own code runs for one input: a dispatching MoE that runs
+    only the chosen experts is counted that way; one that computes every expert and masks (full-copy
+    experts evaluated densely) is counted with every expert, because that is what it computes. With a
+    routing adapter, inputs are grouped by pathway (chosen expert sets) and one input per distinct
+    pathway is traced; the average is weighted by pathway frequency. Router cost: the modules the
+    adapter names (``router_modules()``; for ``--router-modules``, the matched modules and their children).
+    """
+    from ..adapters.external import ExternalModel
+    from ..adapters.routing import get_adapter
+
+    if not isinstance(model, ExternalModel):
+        raise ModelError(f"FLOP counting needs a robustmoe_bench model or an ExternalModel, got {type(model).__name__}")
+    device = next(model.parameters()).device
+    if x is None:
+        x = torch.rand(1, *model.data_shape, device=device)
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.data_shape) or x.shape[0] == 0:
+        raise ModelError(f"inputs must be [B>0, {', '.join(map(str, model.data_shape))}], got {list(x.shape)}")
+    x = x.to(device)
+    adapter = get_adapter(model)
+    was_training = model.training
+    model.eval()
+    try:
+        if adapter is None:
+            groups = [(0, 1)]
+        else:
+            with torch.no_grad(), adapter.trace() as tr:
+                for chunk in x.split(256):
+                    model(chunk)
+            experts = torch.cat([torch.stack([r.experts for r in fwd]) for fwd in tr.forwards if fwd], dim=1)
+            first: dict[tuple, int] = {}
+            counts: Counter = Counter()
+            for i, col in enumerate(experts.permute(1, 0, 2).reshape(experts.shape[1], -1).tolist()):
+                key = tuple(col)
+                first.setdefault(key, i)
+                counts[key] += 1
+            groups = [(first[k], c) for k, c in counts.items()]
+        total: dict[str, float] = {}
+        n = 0
+        for i, count in groups:
+            own = _fvcore_own_counts(model, x[i:i + 1])
+            for k, v in own.items():
+                total[k] = total.get(k, 0.0) + v * count
+            n += count
+    finally:
+        model.train(was_training)
+    per_module = {k: v / n / GIGA for k, v in total.items() if v}
+    prefixes = ["net." + r for r in (adapter.router_modules() if adapter is not None else [])]
+    router = sum(v for k, v in per_module.items() if any(k == p or k.startswith(p + ".") for p in prefixes))
+    tot = sum(per_module.values())
+    return GFlops(pathway=tot - router, router=router, total=tot, per_module=per_module, n_inputs=int(x.shape[0]))
+
+
+__all__ = ["GFlops", "external_gflops", "gflops", "is_router_module"]

@@ -49,6 +49,9 @@ def match_layers(moe: torch.nn.Module, sparse: torch.nn.Module) -> tuple[list[st
     Raises :class:`ModelError` naming the first mismatch (kind, architecture, layer count, layer widths).
     """
     require_moe(moe, "pathway IoU")
+    if getattr(moe, "spec", None) is None:
+        raise ModelError("--mask compares with a Sparse model of the same backbone, which only robustmoe-bench "
+                         "models have; for your own MoE leave --mask out (IoU against its majority pathway)")
     mspec, sspec = moe.spec, getattr(sparse, "spec", None)  # type: ignore[attr-defined]
     if sspec is None or sspec.kind != "sparse":
         kind = getattr(sspec, "kind", type(sparse).__name__)
@@ -97,11 +100,17 @@ def _summary(v: Tensor) -> dict[str, float]:
 
 
 def utilisation(experts: Tensor, n_experts: int) -> tuple[list[list[float]], list[float]]:
-    """Share of inputs per expert per layer ``[L][N]`` (fractions) and routing entropy per layer (bits)."""
+    """Share of inputs per expert per layer ``[L][N]`` (fractions) and routing entropy per layer (bits).
+
+    ``experts``: ``[L, B]`` or ``[L, B, k]`` sets. For top-k the share of expert ``e`` is the fraction of
+    inputs whose set contains ``e`` (shares sum to k); the entropy is that of the shares divided by k."""
     shares, entropy = [], []
     for row in experts:
-        p = torch.bincount(row.cpu(), minlength=n_experts).double() / row.numel()
-        nz = p[p > 0]
+        k = row.shape[1] if row.dim() == 2 else 1
+        counts = torch.bincount(row.reshape(-1).cpu(), minlength=n_experts).double()
+        p = counts / (row.numel() / k)
+        q = p / k
+        nz = q[q > 0]
         shares.append(p.tolist())
         entropy.append(float(-(nz * nz.log2()).sum()) if nz.numel() else 0.0)
     return shares, entropy
@@ -149,6 +158,11 @@ class IoUResult(JsonRecord):
     mask_checkpoint: Optional[str] = None
     seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
+    #: what each pathway is compared with: ``"sparse-mask"`` (channels; a Hydra model's mask) or
+    #: ``"majority-pathway"`` (experts; per layer the k experts most chosen on the clean inputs)
+    reference: str = "sparse-mask"
+    #: per-input IoU of the clean and the adversarial pathway of the same input (majority reference only)
+    clean_vs_adversarial: Optional[list[float]] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IoUResult":
@@ -213,8 +227,8 @@ def iou_analysis(
             x_adv = atk(moe, xb, yb).detach()
             check_in_ball(x_adv, xb, eps, norm, name)
             pred_a, ex_a, _ = predict_and_route(moe, x_adv)
-            e_clean.append(ex.cpu())
-            e_adv.append(ex_a.cpu())
+            e_clean.append(ex[..., 0].cpu())  # our models route top-1: [L, B]
+            e_adv.append(ex_a[..., 0].cpu())
             ok_clean.append((pred == yb).cpu())
             ok_adv.append((pred_a == yb).cpu())
             if progress is not None:
@@ -245,6 +259,85 @@ def iou_analysis(
     )
 
 
+def majority_iou_analysis(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: str | AttackFn = "pgd50",
+    eps: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    *,
+    norm: str = "Linf",
+    progress: Callable[[int, int], None] | None = None,
+) -> IoUResult:
+    """Pathway IoU for any model with a routing adapter (top-1 or top-k), where no Sparse model of the
+    same backbone exists: an input's pathway is the set of (layer, expert) pairs it uses; the reference
+    is the *majority pathway* (per layer the k experts chosen most often on the clean inputs, i.e. the
+    best static expert mask). ``clean``/``adversarial``: IoU with the reference per input;
+    ``clean_vs_adversarial``: IoU of each input's clean and adversarial pathway. Units are experts
+    (every expert counts the same). Plus expert utilisation, as in :func:`iou_analysis`."""
+    from ..adapters.external import model_dataset, model_record
+    from ..adapters.routing import pathway_iou as set_iou, require_adapter
+    from ..data import get_dataset_info
+
+    adapter = require_adapter(model, "pathway IoU")
+    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ConfigError(f"need x [n, C, H, W] and y [n] with n >= 1, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    dataset = model_dataset(model)
+    if eps is None and dataset is None:
+        raise ConfigError("the model does not say which data set it is for; give eps")
+    eps = float(get_dataset_info(dataset).eps if eps is None else eps)  # type: ignore[arg-type]
+    name, params, atk = resolve_attack(attack, eps, seed=seed, norm=norm)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    e_clean, e_adv, ok_clean, ok_adv = [], [], [], []
+    names: list[str] = []
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            pred, ex, names = predict_and_route(model, xb)
+            x_adv = atk(model, xb, yb).detach()
+            check_in_ball(x_adv, xb, eps, norm, name)
+            pred_a, ex_a, _ = predict_and_route(model, x_adv)
+            e_clean.append(ex.cpu())
+            e_adv.append(ex_a.cpu())
+            ok_clean.append((pred == yb).cpu())
+            ok_adv.append((pred_a == yb).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, x.shape[0]), x.shape[0])
+    finally:
+        model.train(was_training)
+    ec, ea = torch.cat(e_clean, dim=1), torch.cat(e_adv, dim=1)  # [L, n, k]
+    n, k = ec.shape[1], ec.shape[2]
+    n_exp = max(adapter.num_experts())
+    ref = torch.stack([torch.bincount(layer.reshape(-1), minlength=n_exp).topk(k).indices.sort().values
+                       for layer in ec])  # [L, k]: the k most chosen experts per layer (ties: lowest index)
+    ref = ref.unsqueeze(1).expand(-1, n, -1)
+    iou_c, iou_a = set_iou(ec, ref), set_iou(ea, ref)
+    util = {}
+    for key, ex in (("clean", ec), ("adversarial", ea)):
+        share, ent = utilisation(ex, n_exp)
+        util[key] = Utilisation(share, ent, sum(ent) / len(ent))
+    size = int(ec.shape[0] * k)
+    return IoUResult(
+        n_examples=n, layers=names, experts=n_exp, pathway_channels=size, mask_channels=size,
+        clean=iou_c.tolist(), adversarial=iou_a.tolist(),
+        summary={"clean": _summary(iou_c), "adversarial": _summary(iou_a)},
+        histogram=histogram(iou_c, iou_a), utilisation=util,
+        routing_change_rate=100.0 * float((ec != ea).any(dim=-1).any(dim=0).double().mean()),
+        clean_acc=100.0 * float(torch.cat(ok_clean).double().mean()),
+        adv_acc=100.0 * float(torch.cat(ok_adv).double().mean()),
+        attack=name, attack_params=params, eps=eps, seed=seed, max_entropy_bits=math.log2(n_exp),
+        model=model_record(model), mask_model={}, seconds=time.perf_counter() - t0,
+        reference="majority-pathway", clean_vs_adversarial=set_iou(ec, ea).tolist(),
+    )
+
+
 # --------------------------------------------------------------------------- figures
 def plot_iou(result: IoUResult, path: str | Path) -> Path:
     """Histogram of the per-input IoU on clean and adversarial inputs (paper Fig. 6 style)."""
@@ -255,9 +348,12 @@ def plot_iou(result: IoUResult, path: str | Path) -> Path:
         mean = result.summary[key]["mean"]
         ax.stairs(h[key], edges, fill=True, alpha=0.45, color=color, label=f"{label}: mean IoU {mean:.3f}")
         ax.axvline(mean, color=color, linestyle="--", linewidth=1)
-    ax.set_xlabel("IoU between the input's MoE pathway and the Sparse model's channel mask")
+    ax.set_xlabel("IoU between the input's MoE pathway and the Sparse model's channel mask"
+                  if result.reference == "sparse-mask" else
+                  "IoU between the input's pathway (layer, expert pairs) and the majority pathway")
     ax.set_ylabel(f"number of inputs (of {result.n_examples})")
-    ax.set_title(f"Pathway IoU: {result.model.get('arch', '')} MoE (N={result.experts}) vs Sparse mask")
+    ref = "Sparse mask" if result.reference == "sparse-mask" else "majority pathway"
+    ax.set_title(f"Pathway IoU: {result.model.get('arch', '')} MoE (N={result.experts}) vs {ref}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -12,11 +12,18 @@ robustness. Three ways around it, each returning x_adv in the eps-ball:
   Cost per step: one traced no-grad forward, one forward/backward, and (N-1)·L (layer routers) or
   N-1 (shared) no-grad forwards.
 
+  Top-k gates (k >= 2, any model whose routing adapter can force): the relaxation is over the top-k
+  SELECTION. ``f_{l->j}`` is the output with layer ``l``'s set changed minimally to contain ``j`` (its
+  lowest-scored chosen expert swapped for ``j``; unchanged if ``j`` is chosen), so for k = 1 it is the
+  top-1 relaxation above. The hard forward runs with the selection forced to the current one, so a
+  soft-gated model's gradient through its gate WEIGHTS is kept; the relaxation adds the gradient of
+  which experts are selected, which the hard top-k has none of.
+
   Why not ``models.soft_routing``: in the model's masked execution the unchosen experts' channels are
   zeroed again by the routed batch norm and sit at ReLU's kink, so its backward equals the plain
   straight-through gradient (measured: identical input gradients up to 3e-11). It relaxes nothing.
 
-``pathway-forced`` — fix the expert choices with ``force_routing``, run PGD on that fixed pathway,
+``pathway-forced`` — fix the expert choices with the routing adapter's ``force``, run PGD on that fixed pathway,
   then re-check every candidate under the model's real routing and keep, per example, one that is
   misclassified under real routing. Pathways: ``shared`` routers, every expert ``0..N-1`` (all layers
   share the expert, so this is exhaustive); ``layer`` routers, the tractable set of the N uniform
@@ -33,19 +40,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..adapters.routing import RoutingAdapter, random_pathway, uniform_pathway
 from ..errors import ConfigError
-from ..models import force_routing, routing_trace
 from .base import positive_float
 from .pgd import PGD, pgd_loop
 from .router import LayerSpec, check_moe, clean_routing, normalise_layers, router_divergence, select_layers
 
 
-def _moe_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.moe_layers()]  # type: ignore[operator]
+def _forcing(model: nn.Module, attack: str) -> RoutingAdapter:
+    """The model's routing adapter, which must be able to force a pathway."""
+    from ..errors import ModelError
+
+    adapter = check_moe(model, attack)
+    if not adapter.can_force:
+        raise ModelError(f"attack {attack!r} needs to force pathways, which the routing adapter "
+                         f"{adapter.name!r} cannot do")
+    return adapter
 
 
-def _is_shared(model: nn.Module) -> bool:
-    return bool(getattr(model, "shares_routing", False))
+def swap_in(hard: Tensor, scores: Tensor, j: int) -> Tensor:
+    """The expert set with ``j`` in it that is closest to ``hard``: ``hard`` itself where ``j`` is chosen,
+    else ``hard`` with its lowest-scored member replaced by ``j``. ``hard`` ``[b, k]``, ``scores``
+    ``[b, N]`` -> ``[b, k]`` sorted."""
+    has = (hard == j).any(dim=1, keepdim=True)
+    weakest = scores.gather(1, hard).argmin(dim=1, keepdim=True)  # [b, 1] position in the set
+    swapped = hard.scatter(1, weakest, j)
+    return torch.where(has, hard, swapped).sort(dim=1).values
 
 
 @torch.no_grad()
@@ -78,6 +98,8 @@ class SoftPGD(PGD):
 
     name = "soft-pgd"
     requires_moe = True
+    requires_forcing = True
+    _adapter: RoutingAdapter | None = None
 
     def __init__(self, eps: float, norm: str = "Linf", *, seed: int = 0, steps: int = 50,
                  step_size: float | None = None, random_start: bool = True, early_stop: bool = True,
@@ -87,30 +109,35 @@ class SoftPGD(PGD):
         self.temperature = positive_float("temperature", temperature)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        check_moe(model, self.name)
-        return super().perturb(model, x, y)
+        self._adapter = _forcing(model, self.name)
+        try:
+            return super().perturb(model, x, y)
+        finally:
+            self._adapter = None
 
     def loss(self, model: nn.Module, x_adv: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        names = _moe_names(model)
-        n = int(model.spec.experts)  # type: ignore[union-attr]
-        with torch.no_grad(), routing_trace(model) as tr0:
+        adapter = self._adapter
+        assert adapter is not None
+        names = adapter.layer_names()
+        with torch.no_grad(), adapter.trace() as tr0:
             model(x_adv)
-        hard = tr0.experts()  # [L, b]
+        hard = tr0.experts()  # [L, b, k]
         fixed = {name: hard[i] for i, name in enumerate(names)}
         # hard forward with the routing held fixed: the chosen pathway's gradient, no straight-through term
-        with force_routing(model, fixed), routing_trace(model) as tr:
+        with adapter.force(fixed), adapter.trace() as tr:
             out = model(x_adv)
         scores = tr.logits()  # still differentiable: forced layers record their router scores
         relaxed = out
-        groups = [(0, None)] if _is_shared(model) else [(i, name) for i, name in enumerate(names)]
+        groups = [(0, None)] if adapter.shares_routing else [(i, name) for i, name in enumerate(names)]
         for i, name in groups:
             q = torch.softmax(scores[i] / self.temperature, dim=1)  # [b, N]
-            for j in range(n):
+            for j in range(q.shape[1]):
                 with torch.no_grad():
-                    if name is None:  # shared router: the whole pathway moves to expert j
-                        f_j = out.detach() if bool((hard[0] == j).all()) else _forced(model, x_adv, j)
+                    if name is None:  # shared router (top-1): the whole pathway moves to expert j
+                        f_j = out.detach() if bool((hard[0] == j).all()) else \
+                            _forced(adapter, model, x_adv, {"*": torch.full_like(hard[0], j)})
                     else:
-                        f_j = _forced(model, x_adv, {**fixed, name: j})
+                        f_j = _forced(adapter, model, x_adv, {**fixed, name: swap_in(hard[i], scores[i].detach(), j)})
                 qj = q[:, j:j + 1]
                 relaxed = relaxed + (qj - qj.detach()) * f_j
         done = out.detach().argmax(dim=1) != y
@@ -118,8 +145,8 @@ class SoftPGD(PGD):
 
 
 @torch.no_grad()
-def _forced(model: nn.Module, x: Tensor, experts: int | dict) -> Tensor:
-    with force_routing(model, experts):
+def _forced(adapter: RoutingAdapter, model: nn.Module, x: Tensor, pathway: dict) -> Tensor:
+    with adapter.force(pathway):
         return model(x)
 
 
@@ -148,6 +175,7 @@ class PathwayForced(PGD):
 
     name = "pathway-forced"
     requires_moe = True
+    requires_forcing = True
 
     def __init__(self, eps: float, norm: str = "Linf", *, seed: int = 0, steps: int = 50,
                  step_size: float | None = None, random_start: bool = True, early_stop: bool = True,
@@ -158,34 +186,37 @@ class PathwayForced(PGD):
             raise ConfigError(f"random_pathways must be an integer >= 0, got {random_pathways!r}")
         self.random_pathways = random_pathways
 
-    def pathways(self, model: nn.Module, x: Tensor) -> list[dict[str, int | Tensor]]:
-        """The forced-routing specs tried, in order (see the module docstring)."""
-        n = int(model.spec.experts)  # type: ignore[union-attr]
-        out: list[dict[str, int | Tensor]] = [{"*": e} for e in range(n)]
-        if _is_shared(model):
+    def pathways(self, model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
+        """The forced-routing specs tried, in order (see the module docstring); each maps every MoE
+        layer to ``[B, k]`` expert sets. Top-k: the uniform pathways are the N rotations
+        ``{e, ..., e+k-1 mod N}`` and random pathways draw a random k-set per layer and input."""
+        adapter = _forcing(model, self.name)
+        b = x.shape[0]
+        n = max(adapter.num_experts())
+        out = [uniform_pathway(adapter, e, b, x.device) for e in range(n)]
+        if adapter.shares_routing:
             return out
-        names = _moe_names(model)
+        names = adapter.layer_names()
         clean, _ = clean_routing(model, x)
         out.append({name: clean[i] for i, name in enumerate(names)})
         for _ in range(self.random_pathways):
-            out.append({name: torch.randint(n, (x.shape[0],), generator=self.generator, device=x.device)
-                        for name in names})
+            out.append(random_pathway(adapter, b, self.generator, x.device))
         return out
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        check_moe(model, self.name)
+        adapter = _forcing(model, self.name)
         x_best = x.clone()
         robust = ~_real_wrong(model, x, y)  # clean mistakes are already adversarial (x itself)
         for pw in self.pathways(model, x):
             todo = robust.nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            spec = {k: (v if isinstance(v, int) else v[todo]) for k, v in pw.items()}
+            spec = {k: v[todo] for k, v in pw.items()}
             xs, ys = x[todo], y[todo]
 
             def loss_fn(m: nn.Module, xa: Tensor, ya: Tensor, idx: Tensor, spec: dict = spec) -> tuple[Tensor, Tensor]:
-                sub = {k: (v if isinstance(v, int) else v[idx]) for k, v in spec.items()}
-                with force_routing(m, sub):
+                sub = {k: v[idx] for k, v in spec.items()}
+                with adapter.force(sub):
                     loss = F.cross_entropy(m(xa), ya)
                 done = _real_wrong(m, xa.detach(), ya) if self.early_stop else torch.zeros_like(ya, dtype=torch.bool)
                 return loss, done
@@ -238,12 +269,12 @@ class Joint(PGD):
         self.layers = normalise_layers(layers)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        check_moe(model, self.name)
+        adapter = check_moe(model, self.name)
         sel = select_layers(model, self.layers)
         clean, _ = clean_routing(model, x)
 
         def loss_fn(m: nn.Module, xa: Tensor, ya: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-            with routing_trace(m) as tr:
+            with adapter.trace() as tr:
                 out = m(xa)
             # mean over layers, so router_weight means the same for any depth
             div = router_divergence(tr.logits(), clean[:, idx], None, sel, "ce") / len(sel)

@@ -48,6 +48,9 @@ class Attack:
     #: True when the attack needs a Mixture-of-Experts model (routing trace / forced or soft routing);
     #: suites can read it to skip such attacks on Dense models instead of catching ModelError.
     requires_moe: ClassVar[bool] = False
+    #: True when the attack forces expert pathways (pathway-forced, soft routing): suites skip it, with
+    #: the reason, for models whose routing adapter cannot force.
+    requires_forcing: ClassVar[bool] = False
 
     def __init__(self, eps: float, norm: str = "Linf", *, seed: int = 0, **hyper: Any) -> None:
         if hyper:

@@ -6,7 +6,9 @@
 * ``router-targeted`` forces one expert: it minimises the cross-entropy of the router scores against
   ``target`` on the chosen layers.
 
-Both are PGD on the router scores of the routing trace (``tr.logits()`` keeps autograd history). With
+Both are PGD on the router scores (gate logits) of the routing adapter's trace (``tr.logits()`` keeps
+autograd history), so they work for any model with a routing adapter, top-1 or top-k; for top-k the
+clean routing is a set of experts (see ``robustmoe_bench.adapters.routing``). With
 ``early_stop`` an example is frozen once the attack has succeeded on it: untargeted, the expert changed
 in at least one chosen layer; targeted, every chosen layer picks ``target``. For per-layer routing-change
 rates over *all* layers, pass ``early_stop=False`` (otherwise an example stops once any layer flipped).
@@ -21,20 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ModelError
-from ..models import routing_trace
+from ..adapters.routing import RoutingAdapter, require_adapter, routing_changed
+from ..errors import ConfigError
 from .pgd import PGD
 
 LayerSpec = str | Sequence[str]
 DIVERGENCES = ("ce", "kl")
 
 
-def check_moe(model: nn.Module, attack: str) -> None:
-    """Raise :class:`ModelError` unless ``model`` is an MoE model of this package."""
-    spec = getattr(model, "spec", None)
-    if spec is None or not getattr(spec, "is_moe", False) or not hasattr(model, "moe_layers"):
-        what = spec.describe() if spec is not None and hasattr(spec, "describe") else type(model).__name__
-        raise ModelError(f"attack {attack!r} needs routers, but {what} is not an MoE model")
+def check_moe(model: nn.Module, attack: str) -> RoutingAdapter:
+    """The model's routing adapter; :class:`ModelError` if it has no routers."""
+    return require_adapter(model, f"attack {attack!r}")
 
 
 def normalise_layers(layers: LayerSpec) -> str | tuple[str, ...]:
@@ -49,7 +48,7 @@ def normalise_layers(layers: LayerSpec) -> str | tuple[str, ...]:
 
 def select_layers(model: nn.Module, layers: str | tuple[str, ...]) -> list[int]:
     """Positions (in execution order) of the chosen MoE layers; unknown names raise ConfigError."""
-    names = [n for n, _ in model.moe_layers()]  # type: ignore[operator]
+    names = require_adapter(model, "layer selection").layer_names()
     if layers == "all":
         return list(range(len(names)))
     unknown = [n for n in layers if n not in names]
@@ -60,8 +59,8 @@ def select_layers(model: nn.Module, layers: str | tuple[str, ...]) -> list[int]:
 
 @torch.no_grad()
 def clean_routing(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Routing of the clean inputs: experts ``[L, B]`` long and per-layer router scores ``[B, N]``."""
-    with routing_trace(model) as tr:
+    """Routing of the clean inputs: expert sets ``[L, B, k]`` long and per-layer router scores ``[B, N]``."""
+    with require_adapter(model, "routing").trace() as tr:
         model(x)
     return tr.experts(), [lg.detach() for lg in tr.logits()]
 
@@ -69,11 +68,15 @@ def clean_routing(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
 def router_divergence(logits: list[Tensor], clean_experts: Tensor, clean_logits: list[Tensor] | None,
                       sel: list[int], kind: str = "ce") -> Tensor:
     """Per-example divergence ``[b]`` summed over layers ``sel``: CE of the scores against the clean
-    expert, or KL(softmax(clean scores) || softmax(scores)). ``clean_experts``: ``[L, b]``."""
+    expert, or KL(softmax(clean scores) || softmax(scores)). ``clean_experts``: ``[L, b, k]`` sets.
+
+    For top-k (k >= 2) the CE term is the mean over the k clean experts of ``-log softmax(scores)_e``:
+    raising it moves probability off the whole clean set (for k = 1 it is the plain CE)."""
     total = logits[0].new_zeros(logits[0].shape[0])
     for i in sel:
         if kind == "ce":
-            total = total + F.cross_entropy(logits[i], clean_experts[i], reduction="none")
+            logp = F.log_softmax(logits[i], dim=1)
+            total = total - logp.gather(1, clean_experts[i]).mean(dim=1)
         else:
             assert clean_logits is not None
             p = F.log_softmax(clean_logits[i], dim=1)
@@ -147,12 +150,12 @@ class RouterUntargeted(RouterAttack):
 
     def loss(self, model: nn.Module, x_adv: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         assert self._clean is not None
-        with routing_trace(model) as tr:
+        with require_adapter(model, self.name).trace() as tr:
             model(x_adv)
         clean = self._clean[:, idx]
         clean_logits = [lg[idx] for lg in self._clean_logits]
         div = router_divergence(tr.logits(), clean, clean_logits, self._sel, self.divergence)
-        changed = (tr.experts()[self._sel] != clean[self._sel]).any(dim=0)
+        changed = routing_changed(tr.experts()[self._sel], clean[self._sel]).any(dim=0)
         return div.mean(), changed
 
 
@@ -191,17 +194,18 @@ class RouterTargeted(RouterAttack):
         self.target = target
 
     def _prepare(self, model: nn.Module) -> None:
-        n = int(model.spec.experts)  # type: ignore[union-attr]
+        n = min(require_adapter(model, self.name).num_experts())
         if self.target >= n:
             raise ConfigError(f"target expert {self.target} is out of range: the model has {n} experts")
 
     def loss(self, model: nn.Module, x_adv: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        with routing_trace(model) as tr:
+        with require_adapter(model, self.name).trace() as tr:
             model(x_adv)
         logits = tr.logits()
         tgt = torch.full((x_adv.shape[0],), self.target, dtype=torch.long, device=x_adv.device)
         ce = sum(F.cross_entropy(logits[i], tgt, reduction="none") for i in self._sel)
-        reached = (tr.experts()[self._sel] == self.target).all(dim=0)
+        # top-k: reached once the target is among the chosen experts of every selected layer
+        reached = (tr.experts()[self._sel] == self.target).any(dim=-1).all(dim=0)
         return -ce.mean(), reached  # type: ignore[union-attr]
 
 

@@ -5,9 +5,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
+from . import model_options as mo
 from .app import app, console
 
 
@@ -27,18 +29,19 @@ def _eps(value: Optional[str]) -> Optional[float]:
     return None if value is None else parse_eps(value)
 
 
-def _moe_checkpoint(ckpt: Path, what: str):
+def _moe_model(ckpt: Optional[Path], opts: mo.ModelOptions, what: str):
+    """Our MoE checkpoint's model, or an external model with a routing adapter."""
+    from ..adapters.external import model_dataset
     from ..analysis.dissect import require_moe
-    from ..checkpoint import load_checkpoint
 
-    model = load_checkpoint(ckpt).model
-    require_moe(model, f"{what} of {ckpt}")
-    return model
+    model = mo.load_model(ckpt, opts)
+    require_moe(model, f"{what} of {mo.model_label(ckpt, opts)}")
+    return model, model_dataset(model)
 
 
 @app.command("dissect")
 def dissect_cmd(
-    ckpt: Path = typer.Argument(..., help="An MoE checkpoint."),
+    ckpt: Optional[Path] = typer.Argument(None, help="An MoE checkpoint; or use --model with a routing adapter."),
     out: Path = typer.Option(..., "--out", help="Folder for dissect.json and dissect.png."),
     routers: bool = typer.Option(False, "--routers", help="Also dissect under the router-untargeted attack."),
     attack: str = typer.Option("pgd50", "--attack", help="Model attack: pgdK (e.g. pgd50) or any attack name."),
@@ -49,29 +52,44 @@ def dissect_cmd(
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per attack batch."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set."),
     split: str = typer.Option("test", "--split", help="Data split."),
+    model: Optional[str] = mo.MODEL,
+    model_arg: list[str] = mo.MODEL_ARG,
+    weights: Optional[Path] = mo.WEIGHTS,
+    weights_key: Optional[str] = mo.WEIGHTS_KEY,
+    output_key: Optional[str] = mo.OUTPUT_KEY,
+    normalize: Optional[str] = mo.NORMALIZE,
+    input_size: Optional[str] = mo.INPUT_SIZE,
+    router_modules: Optional[str] = mo.ROUTER_MODULES,
+    router_top_k: int = mo.ROUTER_TOP_K,
+    router_forcing: bool = mo.ROUTER_FORCING,
+    adapter: Optional[str] = mo.ADAPTER,
+    dataset: Optional[str] = mo.DATASET,
 ) -> None:
     """Four-category dissection: are the routers, the prediction, both or neither fooled?"""
     from ..analysis.dissect import CATEGORIES, CATEGORY_LABELS, dissect, plot_dissection
 
-    model = _moe_checkpoint(ckpt, "dissection")
-    x, y = _load_examples(model.spec.dataset, split, n_examples, seed, data_root)
-    res = dissect(model, x, y, attack=attack, routers=routers, eps=_eps(eps), seed=seed, batch_size=batch_size,
+    opts = mo.ModelOptions(model, model_arg, weights, weights_key, output_key, normalize, input_size, router_modules,
+                           router_top_k, router_forcing, adapter, dataset)
+    net, data_name = _moe_model(ckpt, opts, "dissection")
+    label = mo.model_label(ckpt, opts)
+    x, y = _load_examples(data_name, split, n_examples, seed, data_root)
+    res = dissect(net, x, y, attack=attack, routers=routers, eps=_eps(eps), seed=seed, batch_size=batch_size,
                   router_steps=router_steps)
-    res.checkpoint = str(ckpt)
-    plot_dissection(res, out / "dissect.png", title=f"{ckpt.name}: {model.spec.describe()}")
+    res.checkpoint = str(ckpt) if ckpt is not None else None
+    plot_dissection(res, out / "dissect.png", title=f"{label}: {mo.model_description(net)}")
     res.save(out / "dissect.json")  # last: its presence means the run finished
 
-    t = Table(title=f"Dissection of {ckpt.name} on {res.n_examples} examples (ε={res.eps_str}, "
+    t = Table(title=f"Dissection of {escape(label)} on {res.n_examples} examples (ε={res.eps_str}, "
                     f"clean acc {res.clean_acc:.2f}%)")
     t.add_column("")
     for d in res.dissections():
-        t.add_column(d.attack, justify="right")
+        t.add_column(escape(d.attack), justify="right")
     for cat in CATEGORIES:
         t.add_row(CATEGORY_LABELS[cat], *(f"{d.counts[cat]} ({d.percent[cat]:.2f}%)" for d in res.dissections()))
     t.add_row("routers' robustness ①+③", *(f"{d.router_robustness:.2f}%" for d in res.dissections()))
     t.add_row("model's robustness ①+②", *(f"{d.model_robustness:.2f}%" for d in res.dissections()))
     for name in res.layers:
-        t.add_row(f"routing changed: {name}", *(f"{d.layer_change_rates[name]:.2f}%" for d in res.dissections()))
+        t.add_row(f"routing changed: {escape(name)}", *(f"{d.layer_change_rates[name]:.2f}%" for d in res.dissections()))
     console.print(t)
     if res.routers_alone_robust_acc is not None:
         console.print(f"robust accuracy of the routers alone (routing unchanged under router attack): "
@@ -81,8 +99,10 @@ def dissect_cmd(
 
 @app.command("iou")
 def iou_cmd(
-    ckpt: Path = typer.Argument(..., help="An MoE checkpoint."),
-    mask: Path = typer.Option(..., "--mask", help="A Sparse (Hydra) checkpoint of the same backbone."),
+    ckpt: Optional[Path] = typer.Argument(None, help="An MoE checkpoint; or use --model with a routing adapter."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="A Sparse (Hydra) checkpoint of the same backbone "
+                                        "(required for a checkpoint; without it, --model's pathways are compared "
+                                        "with its majority pathway)."),
     out: Path = typer.Option(..., "--out", help="Folder for iou.json, iou.png and utilisation.png."),
     attack: str = typer.Option("pgd50", "--attack", help="Attack for the adversarial inputs."),
     n_examples: int = typer.Option(1000, "--n-examples", help="Test examples (seeded subset)."),
@@ -91,22 +111,49 @@ def iou_cmd(
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per attack batch."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set."),
     split: str = typer.Option("test", "--split", help="Data split."),
+    model: Optional[str] = mo.MODEL,
+    model_arg: list[str] = mo.MODEL_ARG,
+    weights: Optional[Path] = mo.WEIGHTS,
+    weights_key: Optional[str] = mo.WEIGHTS_KEY,
+    output_key: Optional[str] = mo.OUTPUT_KEY,
+    normalize: Optional[str] = mo.NORMALIZE,
+    input_size: Optional[str] = mo.INPUT_SIZE,
+    router_modules: Optional[str] = mo.ROUTER_MODULES,
+    router_top_k: int = mo.ROUTER_TOP_K,
+    router_forcing: bool = mo.ROUTER_FORCING,
+    adapter: Optional[str] = mo.ADAPTER,
+    dataset: Optional[str] = mo.DATASET,
 ) -> None:
-    """Pathway IoU between the MoE model's per-input channels and a Sparse model's mask; expert utilisation."""
-    from ..analysis.iou import iou_analysis, match_layers, plot_iou, plot_utilisation
+    """Pathway IoU between the MoE model's per-input channels and a Sparse model's mask (or, for your own
+    MoE, between each input's expert pathway and the majority pathway); expert utilisation."""
+    from ..analysis.iou import iou_analysis, majority_iou_analysis, match_layers, plot_iou, plot_utilisation
     from ..checkpoint import load_checkpoint
 
-    model = _moe_checkpoint(ckpt, "pathway IoU")
-    sparse = load_checkpoint(mask).model
-    match_layers(model, sparse)  # fail on a mismatch before loading data or attacking
-    x, y = _load_examples(model.spec.dataset, split, n_examples, seed, data_root)
-    res = iou_analysis(model, sparse, x, y, attack=attack, eps=_eps(eps), seed=seed, batch_size=batch_size)
-    res.checkpoint, res.mask_checkpoint = str(ckpt), str(mask)
+    opts = mo.ModelOptions(model, model_arg, weights, weights_key, output_key, normalize, input_size, router_modules,
+                           router_top_k, router_forcing, adapter, dataset)
+    opts.check(ckpt)
+    if ckpt is not None and mask is None:
+        raise ConfigError("iou of a checkpoint needs --mask (a Sparse checkpoint of the same backbone)")
+    if ckpt is None and mask is not None:
+        raise ConfigError("--mask needs a robustmoe-bench MoE checkpoint; with --model, leave it out "
+                          "(pathways are compared with the model's majority pathway)")
+    net, data_name = _moe_model(ckpt, opts, "pathway IoU")
+    label = mo.model_label(ckpt, opts)
+    if mask is not None:
+        sparse = load_checkpoint(mask).model
+        match_layers(net, sparse)  # fail on a mismatch before loading data or attacking
+    x, y = _load_examples(data_name, split, n_examples, seed, data_root)
+    if mask is not None:
+        res = iou_analysis(net, sparse, x, y, attack=attack, eps=_eps(eps), seed=seed, batch_size=batch_size)
+        res.checkpoint, res.mask_checkpoint = str(ckpt), str(mask)
+    else:
+        res = majority_iou_analysis(net, x, y, attack=attack, eps=_eps(eps), seed=seed, batch_size=batch_size)
     plot_iou(res, out / "iou.png")
     plot_utilisation(res, out / "utilisation.png")
     res.save(out / "iou.json")
 
-    t = Table(title=f"Pathway IoU of {ckpt.name} vs mask of {mask.name} ({res.n_examples} examples)")
+    ref = f"mask of {mask.name}" if mask is not None else "its majority pathway (units: experts)"
+    t = Table(title=f"Pathway IoU of {escape(label)} vs {escape(ref)} ({res.n_examples} examples)")
     t.add_column("inputs")
     for k in ("mean", "std", "min", "median", "max"):
         t.add_column(k, justify="right")
@@ -122,10 +169,13 @@ def iou_cmd(
         u.add_column(f"expert {e}", justify="right")
     for i, name in enumerate(res.layers):
         c, a = res.utilisation["clean"].share[i], res.utilisation["adversarial"].share[i]
-        u.add_row(name, *(f"{100 * c[e]:.1f} -> {100 * a[e]:.1f}" for e in range(res.experts)))
+        u.add_row(escape(name), *(f"{100 * c[e]:.1f} -> {100 * a[e]:.1f}" for e in range(res.experts)))
     console.print(u)
+    if res.clean_vs_adversarial is not None:
+        m = sum(res.clean_vs_adversarial) / len(res.clean_vs_adversarial)
+        console.print(f"mean IoU of each input's clean and adversarial pathway: {m:.4f}")
     console.print(f"routing changed by the attack on {res.routing_change_rate:.2f}% of inputs; "
-                  f"wrote {out / 'iou.json'}, {out / 'iou.png'}, {out / 'utilisation.png'}")
+                  f"wrote {out / 'iou.json'}, {out / 'iou.png'}, {out / 'utilisation.png'}", markup=False)
 
 
 def _overrides(items: list[str]) -> dict:

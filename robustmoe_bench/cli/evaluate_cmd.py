@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..evaluation import DEFAULT_BATCH_SIZE, SUITES, EvalResult, evaluate
+from . import model_options as mo
 from .app import app, console
 
 
@@ -40,18 +41,22 @@ def results_table(res: EvalResult) -> Table:
     t.add_row("clean", _ci(res, "clean_acc", None, res.clean_acc), "", "", "", "")
     for a in res.attacks:
         if a.skipped is not None:
-            t.add_row(a.name, "[dim]skipped[/]", "", "", "", f"[dim]{escape(a.skipped)}[/]")
+            t.add_row(escape(a.name), "[dim]skipped[/]", "", "", "", "[dim]see below[/]")  # the reason: under the table
             continue
         change = "" if a.routing_change is None else f"{a.routing_change:.2f}"
-        t.add_row(a.name, _ci(res, "robust_acc", a.name, a.robust_acc),
+        t.add_row(escape(a.name), _ci(res, "robust_acc", a.name, a.robust_acc),
                   _ci(res, "robust_acc_alone", a.name, a.robust_acc_alone), change, str(a.n_attacked),
                   f"{a.seconds:.1f}")
     groups = [g for g in res.robust_acc_alone if g not in {a.name for a in res.attacks}]
     for g in groups:
-        t.add_row(f"{g} (group)", _ci(res, "robust_acc", g, res.robust_acc.get(g)),
+        t.add_row(f"{escape(g)} (group)", _ci(res, "robust_acc", g, res.robust_acc.get(g)),
                   _ci(res, "robust_acc_alone", g, res.robust_acc_alone[g]), "", "", "")
     t.add_row("[bold]worst case[/]", f"[bold]{_ci(res, 'robust_acc', 'worst_case', res.worst_case)}[/]", "", "", "",
               f"{res.seconds:.1f}")
+    skipped = [a.name for a in res.attacks if a.skipped is not None]
+    if skipped:  # never silently fewer attacks: say what the worst case covers
+        t.caption = (f"worst case over {len(res.attacks) - len(skipped)} of {len(res.attacks)} attacks; "
+                     f"skipped: {escape(', '.join(skipped))} (reasons below)")
     return t
 
 
@@ -63,7 +68,7 @@ def flag_lines(res: EvalResult) -> list[str]:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    ckpt: Path = typer.Argument(..., help="A robustmoe-bench checkpoint (.safetensors)."),
+    ckpt: Optional[Path] = typer.Argument(None, help="A robustmoe-bench checkpoint (.safetensors); or use --model."),
     suite: str = typer.Option("full", "--suite", "-s", help=f"Attack suite: {', '.join(SUITES.names())}; or corruptions (15 common corruptions x 5 severities)."),
     n_examples: Optional[int] = typer.Option(None, "--n-examples", "-n", help="Examples (a seeded subset); default all."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 or 0.1; default: the data set's."),
@@ -77,20 +82,36 @@ def evaluate_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     corruptions: Optional[str] = typer.Option(None, "--corruptions", help="--suite corruptions: a comma-separated subset (default: all 15)."),
     severities: Optional[str] = typer.Option(None, "--severities", help="--suite corruptions: comma-separated severities (default 1-5)."),
+    model: Optional[str] = mo.MODEL,
+    model_arg: list[str] = mo.MODEL_ARG,
+    weights: Optional[Path] = mo.WEIGHTS,
+    weights_key: Optional[str] = mo.WEIGHTS_KEY,
+    output_key: Optional[str] = mo.OUTPUT_KEY,
+    normalize: Optional[str] = mo.NORMALIZE,
+    input_size: Optional[str] = mo.INPUT_SIZE,
+    router_modules: Optional[str] = mo.ROUTER_MODULES,
+    router_top_k: int = mo.ROUTER_TOP_K,
+    router_forcing: bool = mo.ROUTER_FORCING,
+    adapter: Optional[str] = mo.ADAPTER,
+    dataset: Optional[str] = mo.DATASET,
 ) -> None:
     """Evaluate robustness: per-example worst case over a suite of attacks, with gradient-masking flags;
     or, with --suite corruptions, accuracy under common corruptions."""
     import os
 
+    opts = mo.ModelOptions(model, model_arg, weights, weights_key, output_key, normalize, input_size, router_modules,
+                           router_top_k, router_forcing, adapter, dataset)
+    opts.check(ckpt)
+    if out is not None and out.is_dir():  # before building a model: cheap checks first
+        raise ConfigError(f"--out {out} is a folder; give a file name such as results.json")
     if suite == "corruptions":
-        _corruptions(ckpt, n_examples, eps, norm, batch_size, seed, data_root, out, resume, device, quiet,
-                     corruptions, severities)
+        _corruptions(ckpt if ckpt is not None else opts.load(), n_examples, eps, norm, batch_size, seed, data_root,
+                     out, resume, device, quiet, corruptions, severities)
         return
     if corruptions is not None or severities is not None:
         raise ConfigError("--corruptions and --severities are options of --suite corruptions")
-
     res = evaluate(
-        ckpt, suite=suite, n_examples=n_examples, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
+        ckpt if ckpt is not None else opts.load(), suite=suite, n_examples=n_examples, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
         data_root=data_root, out=out, resume=resume, device=device, progress=not quiet,
     )
     if int(os.environ.get("RANK", "0")) != 0:
@@ -98,6 +119,11 @@ def evaluate_cmd(
     console.print(results_table(res))
     for line in flag_lines(res):
         console.print(line, highlight=False)
+    for a in res.attacks:
+        if a.skipped is not None:
+            console.print(f"[yellow]skipped[/] [bold]{escape(a.name)}[/]: {escape(a.skipped)}", highlight=False)
+    if any(a.skipped is not None for a in res.attacks):
+        console.print(f"worst case over: {escape(', '.join(res.worst_case_attacks))}", highlight=False)
     if res.unreliable:
         console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
     if out is not None:
@@ -141,7 +167,7 @@ def _corruptions(ckpt, n_examples, eps, norm, batch_size, seed, data_root, out, 
     if resume:
         raise ConfigError("--resume does not apply to --suite corruptions (it runs in one go)")
     res = evaluate_corruptions(
-        str(ckpt), n_examples=n_examples, seed=seed, data_root=data_root,
+        str(ckpt) if isinstance(ckpt, Path) else ckpt, n_examples=n_examples, seed=seed, data_root=data_root,
         batch_size=DEFAULT_BATCH if batch_size == DEFAULT_BATCH_SIZE else batch_size, device=device,
         corruptions=None if corruptions is None else [c.strip() for c in corruptions.split(",")],
         severities=None if severities is None else _int_list(severities, "--severities"),

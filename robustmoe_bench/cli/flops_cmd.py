@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..analysis.flops import GFlops, gflops, is_router_module
@@ -15,6 +16,7 @@ from ..checkpoint import load_checkpoint
 from ..data import as_tensors, load_dataset, subset_indices
 from ..errors import ConfigError
 from ..models import RoutedNet, create_model
+from . import model_options as mo
 from .app import app, console
 
 LATENCY_BATCHES = (1, 128)
@@ -48,18 +50,54 @@ def flops_cmd(
     experts: int = typer.Option(2, "--experts", help="MoE experts N (with --arch)."),
     scale: float = typer.Option(0.5, "--scale", help="Model scale r (with --arch)."),
     router: str = typer.Option("layer", "--router", help="layer | shared (with --arch)."),
-    dataset: str = typer.Option("cifar10", "--dataset", help="Data set giving shape and classes (with --arch)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set giving shape and classes (with --arch: "
+                                          "default cifar10; with --model: required)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the test set lives (with a checkpoint)."),
     n_examples: int = typer.Option(256, "--n-examples", help="Test inputs whose routing is averaged (checkpoint)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the test subset."),
     latency: bool = typer.Option(False, "--latency", help="Also: saving vs Dense and measured latency."),
     repeats: int = typer.Option(10, "--repeats", help="Timed repeats per latency measurement."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    model_factory: Optional[str] = mo.MODEL,
+    model_arg: list[str] = mo.MODEL_ARG,
+    weights: Optional[Path] = mo.WEIGHTS,
+    weights_key: Optional[str] = mo.WEIGHTS_KEY,
+    output_key: Optional[str] = mo.OUTPUT_KEY,
+    normalize: Optional[str] = mo.NORMALIZE,
+    input_size: Optional[str] = mo.INPUT_SIZE,
+    router_modules: Optional[str] = mo.ROUTER_MODULES,
+    router_top_k: int = mo.ROUTER_TOP_K,
+    adapter: Optional[str] = mo.ADAPTER,
 ) -> None:
     """GFLOPs per input (one multiply-add = one FLOP): MoE pathway (chosen experts only) + router."""
     if n_examples < 1 or repeats < 1:
         raise ConfigError("--n-examples and --repeats must be >= 1")
-    model = _model_from_args(ckpt, arch, kind, experts, scale, router, dataset)
+    if model_factory is not None:
+        if ckpt is not None or arch is not None:
+            raise ConfigError("give a checkpoint, --arch or --model, only one")
+        if latency:
+            raise ConfigError("--latency compares with our Dense model of the same architecture; not for --model")
+        opts = mo.ModelOptions(model_factory, model_arg, weights, weights_key, output_key, normalize, input_size,
+                               router_modules, router_top_k, True, adapter, dataset)
+        opts.check(None)
+        ext = opts.load()
+        ds = load_dataset(ext.dataset, "test", root=data_root)
+        xs, _ = as_tensors(ds, subset_indices(len(ds), min(n_examples, len(ds)), seed))
+        g = gflops(ext, xs)
+        out_ext: dict = {
+            "gflops_pathway": g.pathway, "gflops_router": g.router, "gflops_total": g.total, "n_inputs": g.n_inputs,
+            "inputs": "test set", "model": ext.describe(), "description": mo.model_description(ext),
+            "per_module": g.per_module,
+            "convention": "fvcore: one multiply-add = one FLOP; per input; the operators the model's code runs",
+        }
+        if as_json:
+            console.print_json(json.dumps(out_ext))
+            return
+        _print_table(ext, g, out_ext, Path(model_factory), router_of=lambda n: any(
+            n == "net." + r or n.startswith("net." + r + ".") for r in (ext.routing_adapter.router_modules()
+                                                                         if ext.routing_adapter else [])))
+        return
+    model = _model_from_args(ckpt, arch, kind, experts, scale, router, dataset or "cifar10")
     x = _test_inputs(model, data_root, n_examples, seed) if ckpt is not None else None
     g = gflops(model, x)
     out: dict = {
@@ -91,14 +129,15 @@ def _latency_report(model: RoutedNet, g: GFlops, repeats: int) -> dict:
     return {"dense_gflops_total": dg.total, "saving_vs_dense": 1.0 - g.total / dg.total, "latency_ms": lat}
 
 
-def _print_table(model: RoutedNet, g: GFlops, out: dict, ckpt: Optional[Path]) -> None:
-    t = Table(title=f"GFLOPs per input: {model.spec.describe()} (fvcore: 1 multiply-add = 1 FLOP)")
+def _print_table(model: torch.nn.Module, g: GFlops, out: dict, ckpt: Optional[Path],
+                 router_of=is_router_module) -> None:  # noqa: ANN001
+    t = Table(title=f"GFLOPs per input: {escape(mo.model_description(model))} (fvcore: 1 multiply-add = 1 FLOP)")
     t.add_column("module", style="bold")
     t.add_column("part")
     t.add_column("FLOPs", justify="right")
     t.add_column("share", justify="right")
     for name, v in g.per_module.items():
-        t.add_row(name or "(top level)", "router" if is_router_module(name) else "pathway",
+        t.add_row(escape(name) if name else "(top level)", "router" if router_of(name) else "pathway",
                   f"{v * 1e9:,.0f}", f"{100 * v / g.total:.1f}%")
     console.print(t)
     src = f"averaged over {g.n_inputs} test inputs" if ckpt is not None else "one random input"

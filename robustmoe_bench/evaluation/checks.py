@@ -195,16 +195,16 @@ def deterministic_routing(model: torch.nn.Module, x: Tensor) -> Check:
     outs = []
     for _ in range(2):
         if routed:
-            from ..models import routing_trace
+            from ..adapters.routing import require_adapter
 
-            with routing_trace(model) as tr:
+            with require_adapter(model, "routing").trace() as tr:
                 logits = model(x)
             outs.append((logits, tr.experts()))
         else:
             outs.append((model(x), None))
     same_logits = bool(torch.equal(outs[0][0], outs[1][0]))
     same_experts = True if not routed else bool(torch.equal(outs[0][1], outs[1][1]))  # type: ignore[arg-type]
-    differ = 0 if not routed else int(outs[0][1].ne(outs[1][1]).any(0).sum())  # type: ignore[union-attr]
+    differ = 0 if not routed else int(outs[0][1].ne(outs[1][1]).any(-1).any(0).sum())  # type: ignore[union-attr]
     passed = same_logits and same_experts
     what = "expert choices and logits" if routed else "logits (no MoE layers)"
     return {

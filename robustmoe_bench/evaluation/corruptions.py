@@ -79,16 +79,14 @@ class CorruptionResult:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def _routing_sets(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(predictions ``[B]``, expert sets ``[L, B, k]`` or None for a model without routing)."""
-    from ..models import RoutedNet, routing_trace
-
+def _routing_sets(model: torch.nn.Module, x: torch.Tensor, adapter: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(predictions ``[B]``, expert sets ``[L, B, k]`` through the routing adapter, or None without one)."""
     with torch.no_grad():
-        if isinstance(model, RoutedNet) and model.spec.is_moe and model.moe_layers():
-            with routing_trace(model) as tr:
-                logits = model(x)
-            return logits.argmax(1), tr.expert_sets()
-        return model(x).argmax(1), None
+        if adapter is None:
+            return model(x).argmax(1), None
+        with adapter.trace() as tr:
+            logits = model(x)
+        return logits.argmax(1), tr.experts()
 
 
 def evaluate_corruptions(
@@ -122,12 +120,18 @@ def evaluate_corruptions(
         raise ConfigError(f"number of examples must be a positive integer, got {n_examples!r}")
     if out is not None and Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as corruptions.json")
+    from ..adapters.external import model_dataset, model_record
+    from ..adapters.routing import get_adapter
+
     model, training, ckpt_path, ckpt_sha = _load_model(model_or_ckpt, device)
-    spec = model.spec  # type: ignore[attr-defined]
-    info = get_dataset_info(spec.dataset)
-    if spec.num_classes != info.num_classes or tuple(spec.input_shape) != tuple(info.input_shape):
-        raise CheckpointError(f"the model ({spec.num_classes} classes, inputs {tuple(spec.input_shape)}) does not fit "
+    spec = getattr(model, "spec", None)
+    info = get_dataset_info(model_dataset(model))  # type: ignore[arg-type]
+    classes = spec.num_classes if spec is not None else model.num_classes
+    shape = tuple(spec.input_shape if spec is not None else model.data_shape)
+    if classes != info.num_classes or shape != tuple(info.input_shape):
+        raise CheckpointError(f"the model ({classes} classes, inputs {shape}) does not fit "
                               f"{info.name} ({info.num_classes} classes, inputs {tuple(info.input_shape)})")
+    adapter = get_adapter(model)
     test = load_dataset(info.name, "test", root=data_root)
     n_total = len(test)  # type: ignore[arg-type]
     if n_examples is not None and n_examples > n_total:
@@ -151,7 +155,7 @@ def evaluate_corruptions(
         for bi in range(n_batches):
             x, y = as_tensors(test, indices[bi * batch_size:(bi + 1) * batch_size])
             x, y = x.to(dev), y.to(dev)
-            pred, sets = _routing_sets(model, x)
+            pred, sets = _routing_sets(model, x, adapter)
             clean_k += int((pred == y).sum())
             if sets is not None and changed is None:
                 changed = {c: {s: 0 for s in sevs} for c in names}
@@ -161,7 +165,7 @@ def evaluate_corruptions(
                 for s in sevs:
                     g = torch.Generator().manual_seed(derive_seed(seed, ci, s, bi))
                     xc = corrupt(x, c, s, generator=g)
-                    pc, sc = _routing_sets(model, xc)
+                    pc, sc = _routing_sets(model, xc, adapter)
                     correct[c][s] += int((pc == y).sum())
                     if changed is not None and sc is not None and sets is not None:
                         changed[c][s] += int(sc.ne(sets).any(dim=-1).any(dim=0).sum())
@@ -184,7 +188,7 @@ def evaluate_corruptions(
         routing_change=rc,
         routing_change_mean=None if rc is None else sum(v for row in rc.values() for v in row.values()) / len(cells),
         intervals=intervals, corruptions=names, severities=sevs, seconds=time.perf_counter() - t0,
-        model=spec.to_dict(), training=training, checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha,
+        model=model_record(model), training=training, checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha,
         package_version=__version__,
     )
     if out is not None:

@@ -44,7 +44,8 @@ class AttackResult:
     changed vs the clean input (``None`` for non-MoE models). ``scope``: ``"robust"`` (ran only on
     examples still robust) or ``"all"`` (every example: router attacks, whose routing-change rate is
     a property of the whole set), ``"alone"`` (every clean-correct example not fooled by an earlier
-    member of its group: AutoAttack measured on its own). ``skipped``: why it did not run, else ``None``.
+    member of its group: AutoAttack measured on its own). ``skipped``: why it did not run, else ``None``
+    (e.g. a model without routers, or a routing adapter that cannot force pathways).
     ``robust_acc_alone``: % of all ``n_examples`` correct under this attack alone (for a group member,
     under its group's own cascade up to it), where the attack ran on every example that needs;
     else ``None``.
@@ -96,6 +97,8 @@ class EvalResult:
     checkpoint_sha256: Optional[str]
     package_version: str
     schema_version: int = SCHEMA_VERSION
+    #: the attacks the worst case is taken over (those that ran; skipped ones are named in ``attacks``)
+    worst_case_attacks: list[str] = field(default_factory=list)
     n_total: Optional[int] = None
     robust_acc_alone: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, Any] = field(default_factory=dict)

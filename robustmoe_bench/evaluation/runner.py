@@ -28,10 +28,11 @@ import torch
 from .. import __version__
 from ..config import format_eps, parse_eps
 from ..errors import CheckpointError, ConfigError, DataError
+from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
 from ..stats import count_of, wilson
 from .state import BatchRecord, StateFolder, mask_to_str, str_to_mask
-from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, has_routing, plan, run_cascade
+from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, plan, run_cascade
 
 DEFAULT_BATCH_SIZE = 100
 #: Examples (the first of the evaluation set) the gradient-masking checks run on. 200: the checks'
@@ -79,22 +80,35 @@ def resolve_eps(eps: str | float | None, norm: str, dataset: str) -> float:
     raise ConfigError(f"no conventional L2 radius for {dataset}; pass --eps")
 
 
-def _load_model(model_or_ckpt: Any, device: str) -> tuple[torch.nn.Module, dict[str, Any], Optional[str], Optional[str]]:
-    """(model in eval mode on ``device``, training meta, checkpoint path, checkpoint sha256)."""
+def _load_model(model_or_ckpt: Any, device: str, dataset: Optional[str] = None
+                ) -> tuple[torch.nn.Module, dict[str, Any], Optional[str], Optional[str]]:
+    """(model in eval mode on ``device``, training meta, checkpoint path, checkpoint sha256).
+
+    ``model_or_ckpt``: a checkpoint path, one of our models, an :class:`~robustmoe_bench.adapters.ExternalModel`,
+    or any ``nn.Module`` (then ``dataset`` is required: it is wrapped for that data set's images)."""
+    from ..adapters.external import ExternalModel, wrap_module
     from ..checkpoint import load_checkpoint
     from ..models import RoutedNet
 
-    if isinstance(model_or_ckpt, RoutedNet):
-        return model_or_ckpt.to(device).eval(), {}, None, None
-    if not isinstance(model_or_ckpt, (str, os.PathLike)):
-        raise ConfigError(f"evaluate needs a checkpoint path or a robustmoe_bench model, got {type(model_or_ckpt).__name__}")
-    path = Path(model_or_ckpt)
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but CUDA is not available")
+    if isinstance(model_or_ckpt, RoutedNet):
+        return model_or_ckpt.to(dev).eval(), {}, None, None
+    if isinstance(model_or_ckpt, torch.nn.Module):
+        model = model_or_ckpt
+        if not isinstance(model, ExternalModel):
+            if dataset is None:
+                raise ConfigError(f"evaluating a {type(model).__name__} needs dataset= (its images, classes and eps)")
+            model = wrap_module(model, dataset=dataset)
+        src = model.source
+        return model.to(dev).eval(), {}, src.get("weights"), src.get("weights_sha256")
+    if not isinstance(model_or_ckpt, (str, os.PathLike)):
+        raise ConfigError(f"evaluate needs a checkpoint path or a model, got {type(model_or_ckpt).__name__}")
+    path = Path(model_or_ckpt)
     ckpt = load_checkpoint(path, map_location="cpu")
     return ckpt.model.to(dev).eval(), dict(ckpt.training), str(path), _sha256(path)
 
@@ -245,11 +259,16 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     *,
+    dataset: Optional[str] = None,
     check_examples: int = CHECK_EXAMPLES,
     attack_factory: AttackFactory | None = None,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> EvalResult:
     """Evaluate a checkpoint (path) or a model under a suite; returns (and with ``out`` writes) the result.
+
+    The model may be any ``nn.Module``: our models, an :class:`~robustmoe_bench.adapters.ExternalModel`
+    (normalisation, output reduction and routing adapter inside), or a plain module taking images in
+    [0, 1] and returning logits (give ``dataset``).
 
     ``n_examples``: ``None`` = every test example, else a seeded subset. ``eps``: a float or a fraction
     string (``"8/255"``); ``None`` = the data set's default. ``resume``: continue from ``<out>.state``.
@@ -268,16 +287,20 @@ def evaluate(
         raise ConfigError("--resume needs --out (the state lives next to the results file)")
     if out is not None and Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as results.json")
-    model, training, ckpt_path, ckpt_sha = _load_model(model_or_ckpt, device)
-    spec = model.spec  # type: ignore[attr-defined]
-    info = get_dataset_info(spec.dataset)
-    if spec.num_classes != info.num_classes:
+    model, training, ckpt_path, ckpt_sha = _load_model(model_or_ckpt, device, dataset)
+    spec = getattr(model, "spec", None)
+    info = get_dataset_info(model_dataset(model))  # type: ignore[arg-type]
+    if dataset is not None and get_dataset_info(dataset).name != info.name:
+        raise ConfigError(f"the model was built for {info.name}, not {dataset}")
+    num_classes = spec.num_classes if spec is not None else model.num_classes
+    input_shape = spec.input_shape if spec is not None else model.data_shape
+    if num_classes != info.num_classes:
         raise CheckpointError(
-            f"the model has {spec.num_classes} classes but {info.name} has {info.num_classes}; "
+            f"the model has {num_classes} classes but {info.name} has {info.num_classes}; "
             "this checkpoint does not fit its data set"
         )
-    if tuple(spec.input_shape) != tuple(info.input_shape):
-        raise CheckpointError(f"the model takes inputs {tuple(spec.input_shape)} but {info.name} has {tuple(info.input_shape)}")
+    if tuple(input_shape) != tuple(info.input_shape):
+        raise CheckpointError(f"the model takes inputs {tuple(input_shape)} but {info.name} has {tuple(info.input_shape)}")
     eps_val = resolve_eps(eps, norm, info.name)
     test = load_dataset(info.name, "test", root=data_root)
     n_total = len(test)  # type: ignore[arg-type]
@@ -287,8 +310,13 @@ def evaluate(
     n = int(indices.numel())
     if n == 0:
         raise DataError(f"the {info.name} test set is empty")
-    routed = has_routing(model)
-    attacks = plan(the_suite, routed, int(spec.experts))
+    from ..adapters.routing import get_adapter
+
+    adapter = get_adapter(model)
+    routed = adapter is not None
+    attacks = plan(the_suite, routed, min(adapter.num_experts()) if adapter is not None else 0,
+                   can_force=bool(adapter is not None and adapter.can_force),
+                   adapter_name=adapter.name if adapter is not None else "")
     factory = attack_factory
     if factory is None:
         from ..attacks import create_attack as factory  # noqa: N813
@@ -312,7 +340,7 @@ def evaluate(
         "suite": the_suite.name, "attacks": [[a.name, a.attack, sorted(a.hyper.items()), a.scope] for a in attacks],
         "dataset": info.name, "norm": norm, "eps": eps_val, "n_examples": n, "seed": seed,
         "batch_size": batch_size, "indices_sha256": hashlib.sha256(indices.numpy().tobytes()).hexdigest(),
-        "model_sha256": ckpt_sha or _model_digest(model), "checks": the_suite.checks,
+        "model_sha256": (ckpt_sha if spec is not None else None) or _model_digest(model), "checks": the_suite.checks,
         "check_examples": check_examples,
     }
 
@@ -395,6 +423,7 @@ def _finish(
         if a.group is not None and a.name in robust_acc:
             robust_acc[a.group] = robust_acc[a.name]
     robust_acc["worst_case"] = pct(int(robust.sum()), n)
+    ran = [a.name for a in attacks if a.skipped is None]
     robust_alone = {name: pct(int(m.sum()), n) for name, m in alone.items()}
     intervals = {
         "clean_acc": wilson(int(clean.sum()), n).to_dict(),
@@ -448,8 +477,8 @@ def _finish(
         clean_acc=pct(int(clean.sum()), n), robust_acc=robust_acc, attacks=entries, routing=routing,
         router_robustness={k2: round(100.0 - v, 4) for k2, v in routing.items()} if routed else None,
         flags=flags, unreliable=any(not f["passed"] for f in flags.values()), gflops=gfl,
-        seconds=round(seconds, 3), model=model.spec.to_dict(), training=training,  # type: ignore[attr-defined]
-        checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha, package_version=__version__,
+        seconds=round(seconds, 3), model=model_record(model), training=training,
+        checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha, package_version=__version__, worst_case_attacks=ran,
         n_total=n_total, robust_acc_alone=robust_alone, intervals=intervals,
         examples={"indices_sha256": indices_sha, **outcomes},
     )

@@ -22,6 +22,9 @@ Built-in suites:
   their own cascade on every clean-correct example (scope ``alone``: AutoAttack alone is measured, and
   so is each part inside it), plus the gradient-masking checks (the Square check reuses the suite's Square).
   MoE-only attacks are skipped, with the reason recorded, for Dense/S-Dense/Sparse models.
+  The pathway-forced and soft-routing attacks are skipped, with the reason, when the model's routing
+  adapter cannot force a pathway. The worst case then covers only the attacks that ran, and the
+  results name them (``worst_case_attacks``).
 
 Router attacks have scope ``"all"``: they run on every example, because their routing-change rate is a
 property of the whole test set; they still break (for the worst case) any still-robust example whose
@@ -153,15 +156,23 @@ def get_suite(name: str | Suite) -> Suite:
     return SUITES.get(name)
 
 
-def plan(suite: Suite, is_moe: bool, experts: int) -> list[PlannedAttack]:
-    """Resolve a suite for one model: per-expert expansion, and MoE-only attacks skipped (with the
-    reason) for models without MoE layers."""
+def plan(suite: Suite, is_moe: bool, experts: int, *, can_force: bool = True,
+         adapter_name: str = "") -> list[PlannedAttack]:
+    """Resolve a suite for one model: per-expert expansion, MoE-only attacks skipped (with the reason)
+    for models without MoE layers, and attacks that force pathways skipped (with the reason) when the
+    model's routing adapter cannot force."""
+    from ..attacks import ATTACKS
+
     out: list[PlannedAttack] = []
     for s in suite.attacks:
         hyper = dict(s.hyper)
+        cls = ATTACKS.get(s.attack) if s.attack in ATTACKS else None
         if s.moe_only and not is_moe:
             out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox, "not an MoE model (no routers)",
                                      s.group))
+        elif is_moe and not can_force and getattr(cls, "requires_forcing", False):
+            out.append(PlannedAttack(s.name, s.attack, hyper, s.scope, s.whitebox,
+                                     f"the routing adapter ({adapter_name}) cannot force a pathway", s.group))
         elif s.per_expert:
             for k in range(experts):
                 out.append(PlannedAttack(f"{s.name}-e{k}", s.attack, {**hyper, "target": k}, s.scope, s.whitebox,
@@ -182,19 +193,20 @@ def batch_attack_seed(seed: int, batch_index: int, position: int) -> int:
 
 
 def has_routing(model: torch.nn.Module) -> bool:
-    """True for a robustmoe_bench model with at least one MoE layer."""
-    layers = getattr(model, "moe_layers", None)
-    return bool(layers and layers())
+    """True for a model with a routing adapter (ours with MoE layers, or one given for an external model)."""
+    from ..adapters.routing import get_adapter
+
+    return get_adapter(model) is not None
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: Tensor, routed: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """Predicted labels ``[B]`` and, for MoE models, the expert choices ``[L, B]`` (else ``None``)."""
+    """Predicted labels ``[B]`` and, for MoE models, the chosen expert sets ``[L, B, k]`` (else ``None``)."""
     if not routed:
         return model(x).argmax(1), None
-    from ..models import routing_trace
+    from ..adapters.routing import require_adapter
 
-    with routing_trace(model) as tr:
+    with require_adapter(model, "routing").trace() as tr:
         logits = model(x)
     return logits.argmax(1), tr.experts()
 
@@ -265,8 +277,8 @@ def run_cascade(
             hit = wrong & robust[idx]
             broken[idx[hit]] = True
             robust &= ~broken
-            if routed:
-                changed = int(e_adv.ne(clean_experts[:, idx]).any(0).sum())  # type: ignore[index]
+            if routed:  # routing changed: the expert set of at least one layer differs
+                changed = int(e_adv.ne(clean_experts[:, idx]).any(-1).any(0).sum())  # type: ignore[index]
         if a.group is not None:
             fooled_in_group[a.group] = fooled_in_group.get(a.group, torch.zeros_like(robust)) | fooled
         records[a.name] = AttackRecord(mask_to_str(broken), int(idx.numel()), changed, time.perf_counter() - t1,

@@ -421,6 +421,18 @@ _ARCH_NAMES = {
 }
 
 
+def skipped_attacks(results: Mapping[str, Any]) -> dict[str, str]:
+    """Suite entries that did not run on an MoE model, with the reason (e.g. a routing adapter that
+    cannot force pathways). Dense models' MoE-only attacks are not listed: they have no routers to attack."""
+    if results.get("router_robustness") is None:
+        return {}
+    out: dict[str, str] = {}
+    for a in results.get("attacks") or []:
+        if isinstance(a, Mapping) and a.get("skipped"):
+            out[str(a.get("name"))] = str(a["skipped"])
+    return out
+
+
 def architecture_label(model: Mapping[str, Any]) -> str:
     """A human architecture string from a model-spec dict, e.g. ``"ResNet-18 MoE (N=2, r=0.5, layer router)"``."""
     arch = str(model.get("arch", "?"))
@@ -544,7 +556,8 @@ def entry_from_results(
                     ("unreliable", Optional[bool]), ("checkpoint_sha256", Optional[str]),
                     ("package_version", Optional[str]), ("model", Optional[dict[str, Any]]),
                     ("training", Optional[dict[str, Any]]), ("gflops", Optional[dict[str, Optional[float]]]),
-                    ("intervals", Optional[dict[str, Any]]), ("attacks", Optional[list[dict[str, Any]]])):
+                    ("intervals", Optional[dict[str, Any]]), ("attacks", Optional[list[dict[str, Any]]]),
+                    ("worst_case_attacks", Optional[list[str]])):
         _typed(results, key, tp, r)
     if results["n_examples"] < 1:
         raise LeaderboardError(f"results: 'n_examples' must be positive, got {results['n_examples']!r}")
@@ -649,6 +662,13 @@ def entry_from_results(
         )
     if failed:
         notes.append(f"Gradient-masking checks failed: {', '.join(failed)}.")
+    skipped = skipped_attacks(results)
+    if skipped:
+        ran = results.get("worst_case_attacks") or [k for k in robust if k != "worst_case"]
+        notes.append(
+            "Attacks skipped: " + "; ".join(f"{k} ({why})" for k, why in skipped.items())
+            + f". The worst case covers only: {', '.join(str(a) for a in ran)}."
+        )
     corr: dict[str, float] = {}
     if corruptions is not None:
         corr["corruptions_acc"] = _corruptions_acc(corruptions, results, dataset)

@@ -4,7 +4,7 @@ It owns data order, the learning-rate schedule, per-epoch evaluation, checkpoint
 distribution; the algorithm of each step comes from the method registry (:mod:`.methods`).
 
 Exact resume. Every random choice in an epoch comes from generators seeded by ``(seed, epoch, rank)``:
-the data order, augmentation, and the PGD random starts of training and of the held-out monitor. So
+the data order, augmentation, and the PGD random starts of training and of the validation monitor. So
 the RNG state at an epoch boundary is a function of the epoch number and need not be saved; what is
 saved at each epoch end (``state.safetensors``, atomically) is the model, the optimiser's momentum
 buffers, the epoch counter and the metric history. The schedule is a function of the step number.
@@ -265,6 +265,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
     else:
         torch.manual_seed(cfg.seed)
         net = method.build_model(cfg)
+    method.check_model(net)  # before anything is written
     net.to(dctx.device)
     D.barrier(dctx)  # every rank has checked the folder before rank 0 writes into it
     if dctx.is_main:

@@ -95,7 +95,7 @@ def plot_trajectory(out_dir: Path, history: list[dict[str, Any]], title: str) ->
         if a.get("phase") != b.get("phase"):
             ax.axvline(a["epoch"] + 0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylabel("validation accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -33,10 +33,13 @@ ROUTER_ALPHA = 6.0
 class AdvMoEPublic(Method):
     name, kind = "advmoe-public", "moe"
 
-    def param_groups(self, net: RoutedNet, phase: int) -> list[list[nn.Parameter]]:
+    def check_model(self, net: RoutedNet) -> None:
         if not net.shares_routing:
             raise ConfigError(f"advmoe-public needs one router network (--router resnet or shared); "
                               f"{net.spec.describe()} routes layer by layer")
+
+    def param_groups(self, net: RoutedNet, phase: int) -> list[list[nn.Parameter]]:
+        self.check_model(net)
         return [net.router_parameters(), net.backbone_parameters()]
 
     def _attack(self, ctx: StepContext, x):

@@ -66,6 +66,10 @@ class Method:
         """The model the first phase starts from (random initialisation, seeded by the loop)."""
         return create_model(cfg.arch, cfg.model_kind, dataset=cfg.dataset, **cfg.model_options())
 
+    def check_model(self, net: RoutedNet) -> None:
+        """Raise :class:`~robustmoe_bench.errors.ConfigError` if this method cannot train ``net``; called
+        before the output folder is created, so bad input leaves nothing behind."""
+
     def prepare(self, net: RoutedNet, phase: int, cfg: "TrainConfig") -> RoutedNet:
         """Called at the start (or on resume) of ``phase``; may return a different model. Must be
         idempotent for a model already prepared for that phase (resume)."""
