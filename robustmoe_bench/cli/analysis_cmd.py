@@ -94,6 +94,12 @@ def dissect_cmd(
     if res.routers_alone_robust_acc is not None:
         console.print(f"robust accuracy of the routers alone (routing unchanged under router attack): "
                       f"{res.routers_alone_robust_acc:.2f}%")
+    if res.utilisation is not None:  # expert collapse: the busiest expert's share, entropy / max
+        for key in ("clean", "adversarial"):
+            u = res.utilisation[key]
+            parts = [f"{escape(n)} busiest {100 * b:.1f}%, entropy {e:.2f}"
+                     for n, b, e in zip(res.layers, u["busiest_share"], u["entropy_normalised"])]
+            console.print(f"expert utilisation ({key}): " + "; ".join(parts), highlight=False)
     console.print(f"wrote {out / 'dissect.json'} and {out / 'dissect.png'} ({res.seconds:.1f} s)", markup=False)
 
 
@@ -132,12 +138,16 @@ def iou_cmd(
     opts = mo.ModelOptions(model, model_arg, weights, weights_key, output_key, normalize, input_size, router_modules,
                            router_top_k, router_forcing, adapter, dataset)
     opts.check(ckpt)
-    if ckpt is not None and mask is None:
-        raise ConfigError("iou of a checkpoint needs --mask (a Sparse checkpoint of the same backbone)")
     if ckpt is None and mask is not None:
         raise ConfigError("--mask needs a robustmoe-bench MoE checkpoint; with --model, leave it out "
                           "(pathways are compared with the model's majority pathway)")
     net, data_name = _moe_model(ckpt, opts, "pathway IoU")
+    full_copy = getattr(getattr(net, "spec", None), "moe", "channel") != "channel"
+    if full_copy and mask is not None:
+        raise ConfigError(f"--mask compares channel pathways with a Sparse model's mask; the experts of "
+                          f"{net.spec.describe()} are full copies: leave --mask out (majority pathway)")
+    if ckpt is not None and mask is None and not full_copy:
+        raise ConfigError("iou of a checkpoint needs --mask (a Sparse checkpoint of the same backbone)")
     label = mo.model_label(ckpt, opts)
     if mask is not None:
         sparse = load_checkpoint(mask).model
@@ -158,10 +168,13 @@ def iou_cmd(
     for k in ("mean", "std", "min", "median", "max"):
         t.add_column(k, justify="right")
     t.add_column("mean routing entropy (bits)", justify="right")
+    t.add_column("busiest expert (share of inputs, max over layers)", justify="right")
     for key in ("clean", "adversarial"):
         s = res.summary[key]
+        u_ = res.utilisation[key]
         t.add_row(key, *(f"{s[k]:.4f}" for k in ("mean", "std", "min", "median", "max")),
-                  f"{res.utilisation[key].mean_entropy_bits:.3f} / {res.max_entropy_bits:.3f}")
+                  f"{u_.mean_entropy_bits:.3f} / {res.max_entropy_bits:.3f}",
+                  f"{100 * max(u_.busiest_share or [0.0]):.1f}%")
     console.print(t)
     u = Table(title="Expert utilisation (% of inputs per expert; clean -> adversarial)")
     u.add_column("MoE layer")
