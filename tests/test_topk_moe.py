@@ -241,3 +241,17 @@ def test_flops_count_the_chosen_experts_only(moe):
         # the gates: global average pooling of the layer input (one FLOP per element) + a linear layer to N
         gates = (8 * 28 * 28 + 8 * n) + ((16 * 14 * 14 + 16 * n) if moe == "conv" else 0)
         assert g.router == pytest.approx(gates / 1e9, rel=1e-9)
+
+
+def test_forcing_two_experts_on_a_top1_model_mixes_them():
+    """A forced set larger than k still gets its softmax weights (no shortcut for k = 1 models)."""
+    m = _model("conv", 1).eval()
+    x = _x(4)
+    with torch.no_grad():
+        with force_routing(m, {"*": torch.tensor([[0, 1]] * 4)}):
+            sparse = m(x)
+        with force_routing(m, {"*": torch.tensor([[0, 1]] * 4)}), execution(m, "masked"):
+            masked = m(x)
+        with force_routing(m, 0):
+            only0 = m(x)
+    assert torch.allclose(sparse, masked, atol=1e-5) and not torch.allclose(sparse, only0, atol=1e-3)

@@ -94,6 +94,7 @@ def _cfg(root: Path, **kw) -> TrainConfig:
     (dict(k=2), "--k only applies to --moe conv or block"),
     (dict(balance="switch"), "--balance only applies to --moe conv or block"),
     (dict(method="at-dense", moe="conv"), "--moe only applies to MoE models"),
+    (dict(method="at-dense", moe="channel"), "--moe only applies to MoE models"),
     (dict(moe="conv", k=3), r"--k must be in \[1, experts=2\]"),
     (dict(moe="conv", balance="gini"), "unknown balancing loss 'gini'"),
     (dict(moe="conv", arch="vgg-mini"), "resnet architectures only"),

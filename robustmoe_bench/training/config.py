@@ -211,6 +211,8 @@ class TrainConfig:
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"unknown model kind {self.kind!r}; known: {', '.join(KINDS.names())}")
         kind = self.model_kind
+        if kind != "moe" and self.moe is not None:
+            raise ConfigError(f"--moe only applies to MoE models; --method {self.method} trains a {kind} model")
         if self.moe == "channel":
             self.moe = None
         topk = kind == "moe" and self.moe is not None
