@@ -212,14 +212,14 @@ class TrainConfig:
             raise ConfigError(f"unknown model kind {self.kind!r}; known: {', '.join(KINDS.names())}")
         kind = self.model_kind
         if kind != "moe" and self.moe is not None:
-            raise ConfigError(f"--moe only applies to MoE models; --method {self.method} trains a {kind} model")
+            raise ConfigError(f"--moe only apply to MoE models; --method {self.method} trains a {kind} model")
         if self.moe == "channel":
             self.moe = None
         topk = kind == "moe" and self.moe is not None
         if kind != "moe":
             given = [f"--{k}" for k in (*MOE_DEFAULTS, "moe", *TOPK_DEFAULTS) if getattr(self, k) is not None]
             if given:
-                raise ConfigError(f"{', '.join(_flag(g) for g in given)} only {_apply(given)} to MoE models; "
+                raise ConfigError(f"{', '.join(_flag(g) for g in given)} only apply to MoE models; "
                                   f"--method {self.method} trains a {kind} model")
         elif topk:
             self._resolve_topk()
