@@ -151,3 +151,81 @@ def test_real_tiny_sweep_through_the_cli(tmp_path: Path) -> None:
 def test_real_tiny_sweep_with_dense_reference(tmp_path: Path) -> None:
     """As above, with the real at-dense reference trained and evaluated too."""
     _real_sweep(tmp_path, dense=True)
+
+
+# --------------------------------------------------------------------------- design x experts x k
+class FakeTopkRuns(FakeRuns):
+    """As :class:`FakeRuns`; full-copy cells score ``10 N + k``, channel cells ``10 N + 20 r``."""
+
+    def train(self, cfg, out_dir: Path, resume: bool) -> Path:
+        self.trained.append(out_dir.parent.name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = out_dir / "ckpt.pt"
+        ckpt.write_text(json.dumps({"method": cfg.method, "experts": cfg.experts, "scale": cfg.scale,
+                                    "moe": cfg.moe, "k": cfg.k, "balance": cfg.balance}))
+        return ckpt
+
+    def eval(self, ckpt: Path, out: Path) -> dict:
+        c = json.loads(ckpt.read_text())
+        self.evaluated.append(out.parent.name)
+        robust = 10.0 * c["experts"] + (c["k"] if c["moe"] else 20.0 * c["scale"])
+        return {"clean_acc": robust + 40.0, "robust_acc": {"worst_case": robust}, "unreliable": False}
+
+
+def test_design_experts_k_grid(tmp_path: Path) -> None:
+    runs = FakeTopkRuns()
+    c = cfg(designs=["channel", "conv", "block"], experts=[2, 4], scales=[0.5], ks=[1, 2, 3], dense_reference=False)
+    res = run_sweep(c, tmp_path, train_fn=runs.train, eval_fn=runs.eval)
+    names = ["N2_r0.5", "N4_r0.5", "conv_N2_k1", "conv_N2_k2", "conv_N4_k1", "conv_N4_k2", "conv_N4_k3",
+             "block_N2_k1", "block_N2_k2", "block_N4_k1", "block_N4_k2", "block_N4_k3"]
+    assert [x.name for x in res.cells] == names and runs.trained == names  # k > N (k=3, N=2) left out
+    conv = json.loads((tmp_path / "cells" / "conv_N4_k3" / "train" / "ckpt.pt").read_text())
+    assert (conv["moe"], conv["k"], conv["experts"], conv["scale"], conv["balance"]) == ("conv", 3, 4, None, "switch")
+    assert res.topk_cell("block", 4, 2).robust_acc == 42.0 and res.topk_cell("conv", 2, 3) is None
+    assert res.cell(4, 0.5).robust_acc == 50.0 and res.cell(4, 0.5).design == "channel"
+    md = (tmp_path / "sweep.md").read_text()
+    assert "| design, experts N \\ k | 1 | 2 | 3 |" in md
+    assert "| conv, 2 | 21.00 / 61.00 | 22.00 / 62.00 | - |" in md and "| 4 | 50.00 / 90.00 |" in md
+    assert png_size(tmp_path / "sweep.png")[0] >= 400
+    again = FakeTopkRuns()
+    res2 = run_sweep(c, tmp_path, train_fn=again.train, eval_fn=again.eval)
+    assert again.trained == [] and res2.skipped == names
+    # full-copy designs only: the figure is the N x k grid
+    only = cfg(designs=["block"], experts=[2], ks=[1, 2], dense_reference=False)
+    r3 = run_sweep(only, tmp_path / "b", train_fn=FakeTopkRuns().train, eval_fn=FakeTopkRuns().eval)
+    assert [x.name for x in r3.cells] == ["block_N2_k1", "block_N2_k2"]
+    md_b = (tmp_path / "b" / "sweep.md").read_text()
+    assert png_size(tmp_path / "b" / "sweep.png")[0] >= 400 and "scale r" not in md_b and "| block, 2 |" in md_b
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(ks=[2]), "--k applies to the conv and block designs"),
+    (dict(designs=["conv"], experts=[2], ks=[3]), "no cell"),
+    (dict(designs=["tiles"]), "unknown design"),
+    (dict(designs=["conv", "conv"]), "duplicate"),
+    (dict(designs=["conv"], ks=[0]), "integers >= 1"),
+    (dict(designs=["conv"], train_overrides={"k": 2}), "set by the sweep itself"),
+])
+def test_design_validation(kw, msg) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        cfg(**kw).validate()
+
+
+def test_cli_sweep_full_copy_cell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real ConvMoE top-1 cell trained and evaluated through the CLI."""
+    data = tmp_path / "fm"
+    write_fmnist(data, n_test=8, n_train=16)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--design", "conv", "--experts", "2", "--k", "1", "--method", "at-moe", "--preset", "fmnist-mini",
+            "--arch", "resnet-tiny", "--epochs", "1", "--subset", "8", "--batch-size", "8", "--set", "holdout=4",
+            "--set", "eval_steps=1", "--set", "train_steps=1", "--suite", "quick", "--n-examples", "4",
+            "--data-root", str(data), "--out", str(out), "--no-dense"]
+    assert run(argv) == 0
+    d = json.loads((out / "sweep.json").read_text())
+    (cell,) = d["cells"]
+    assert cell["name"] == "conv_N2_k1" and cell["design"] == "conv" and cell["k"] == 1
+    ev = json.loads(Path(cell["eval_json"]).read_text())
+    assert ev["model"]["moe"] == "conv" and ev["model"]["k"] == 1 and cell["robust_acc"] == ev["robust_acc"]["worst_case"]
+    assert "design, experts N" in capsys.readouterr().out
+    assert run(["sweep", "--design", "channel", "--k", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--k applies to the conv and block designs" in capsys.readouterr().err

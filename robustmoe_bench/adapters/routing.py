@@ -212,7 +212,9 @@ class RoutingAdapter:
 
 
 class RoutedNetAdapter(RoutingAdapter):
-    """This package's own models (:class:`~robustmoe_bench.models.RoutedNet`): top-1, forcing built in."""
+    """This package's own models (:class:`~robustmoe_bench.models.RoutedNet`), forcing built in: top-1
+    channel MoE, and the full-copy ConvMoE/BlockMoE with top-k gates (``top_k = model.top_k``; their
+    traces record the k chosen experts per input and layer)."""
 
     name = "robustmoe-bench"
     top_k = 1
@@ -221,6 +223,7 @@ class RoutedNetAdapter(RoutingAdapter):
     def __init__(self, model: nn.Module) -> None:  # no hooks: the model traces itself
         self.model = model
         self.shares_routing = bool(getattr(model, "shares_routing", False))
+        self.top_k = int(getattr(model, "top_k", 1))
 
     def layer_names(self) -> list[str]:
         return [n for n, _ in self.model.moe_layers()]  # type: ignore[operator]
@@ -245,9 +248,9 @@ class RoutedNetAdapter(RoutingAdapter):
         spec = {}
         for k, v in pathway.items():
             v = as_sets(torch.as_tensor(v))
-            if v.shape[-1] != 1:
-                raise ModelError(f"robustmoe-bench models route top-1; got {v.shape[-1]} experts for {k!r}")
-            spec[k] = v[..., 0]
+            if v.shape[-1] != self.top_k:
+                raise ModelError(f"this model routes top-{self.top_k}; got {v.shape[-1]} experts for {k!r}")
+            spec[k] = v[..., 0] if self.top_k == 1 else v
         with force_routing(self.model, spec):
             yield
 
@@ -256,7 +259,7 @@ class RoutedNetAdapter(RoutingAdapter):
 
 
 class _RoutedNetTrace(RouteTrace):
-    """A view of the model's own routing trace in adapter form (experts as ``[B, 1]`` sets)."""
+    """A view of the model's own routing trace in adapter form (experts as ``[B, k]`` sets, sorted)."""
 
     def __init__(self, raw: list) -> None:
         super().__init__()
@@ -264,7 +267,7 @@ class _RoutedNetTrace(RouteTrace):
 
     @property
     def forwards(self) -> list[list[LayerRoute]]:
-        return [[LayerRoute(r.name, r.logits, r.expert.detach().unsqueeze(-1)) for r in fwd] for fwd in self._raw]
+        return [[LayerRoute(r.name, r.logits, r.expert_set.detach()) for r in fwd] for fwd in self._raw]
 
 
 class HookAdapter(RoutingAdapter):

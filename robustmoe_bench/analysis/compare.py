@@ -60,6 +60,9 @@ class CompareRow:
     outcomes: str | None = None
     indices_sha256: str | None = None
     vs_best: str = MISSING
+    #: full-copy expert design (``conv``/``block``) and its top-k; "channel"/1 for the AdvMoE design
+    design: str = "channel"
+    k: int = 1
 
     @property
     def n_label(self) -> str:
@@ -74,6 +77,8 @@ class CompareRow:
 
     @property
     def kind_label(self) -> str:
+        if self.kind == "moe" and self.design != "channel":
+            return f"{self.design}-moe N={self.experts} top-{self.k}"
         if self.kind == "moe":
             return f"moe N={self.experts} r={self.scale:g} {self.router}"
         if self.kind in ("sdense", "sparse"):
@@ -234,6 +239,7 @@ def read_result(path: str | os.PathLike) -> CompareRow:
         scale=float(scale), router=str(model.get("router", "")), clean_acc=clean,
         robust_acc={k: v for k, v in accs.items() if k != WORST}, worst_case=accs[WORST], gflops=total,
         n=n, n_total=n_total, worst_interval=iv, outcomes=outcomes, indices_sha256=sha,
+        design=str(model.get("moe", "channel")), k=int(model.get("k", 1)) if isinstance(model.get("k", 1), int) else 1,
     )
 
 

@@ -205,6 +205,10 @@ class DissectResult(JsonRecord):
     dataset: Optional[str] = None
     seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
+    #: expert utilisation and collapse metrics of the clean routing and of the routing under the model
+    #: attack: ``{"clean" | "adversarial": {share, entropy_bits, mean_entropy_bits, busiest_share,
+    #: entropy_normalised}}`` (see :class:`~robustmoe_bench.analysis.iou.Utilisation`)
+    utilisation: Optional[dict[str, dict[str, Any]]] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DissectResult":
@@ -270,6 +274,8 @@ def dissect(
     n = x.shape[0]
     clean_ok: list[Tensor] = []
     flags: list[dict[str, list[Tensor]]] = [{"layer": [], "adv_ok": []} for _ in kinds]
+    sets_clean: list[Tensor] = []
+    sets_adv: list[Tensor] = []
     seconds = [0.0 for _ in kinds]
     names: list[str] = []
     try:
@@ -278,6 +284,7 @@ def dissect(
             yb = y[start:start + batch_size].to(device)
             pred, experts, names = predict_and_route(model, xb)
             clean_ok.append((pred == yb).cpu())
+            sets_clean.append(experts.cpu())
             for k, (name, _, atk) in enumerate(kinds):
                 t0 = time.perf_counter()
                 x_adv = atk(model, xb, yb).detach()
@@ -286,6 +293,8 @@ def dissect(
                 pred_a, experts_a, _ = predict_and_route(model, x_adv)
                 # a layer's routing changed iff its chosen expert SET changed (top-k: any member)
                 flags[k]["layer"].append((experts_a != experts).any(dim=-1).cpu())
+                if k == 0:
+                    sets_adv.append(experts_a.cpu())
                 flags[k]["adv_ok"].append((pred_a == yb).cpu())
             if progress is not None:
                 progress(min(start + batch_size, n), n)
@@ -307,7 +316,19 @@ def dissect(
         seed=seed, layers=names, attack=results[0], router_attack=router_res,
         routers_alone_robust_acc=router_res.router_robustness if router_res else None,
         model=model_record(model), dataset=dataset, seconds=time.perf_counter() - t_start,
+        utilisation=_utilisation(model, torch.cat(sets_clean, dim=1), torch.cat(sets_adv, dim=1)),
     )
+
+
+def _utilisation(model: torch.nn.Module, clean: Tensor, adv: Tensor) -> dict[str, dict[str, Any]]:
+    """Utilisation and collapse metrics of clean and adversarial expert sets ``[L, n, k]``."""
+    from dataclasses import asdict
+
+    from ..adapters.routing import require_adapter
+    from .iou import Utilisation
+
+    n_exp = max(require_adapter(model, "dissection").num_experts())
+    return {"clean": asdict(Utilisation.of(clean, n_exp)), "adversarial": asdict(Utilisation.of(adv, n_exp))}
 
 
 # --------------------------------------------------------------------------- figures

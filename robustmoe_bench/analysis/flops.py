@@ -7,7 +7,9 @@ What is counted (``gflops``):
   counted like adaptive average pooling (1 per input element) so a ``layer`` router's global pooling
   is not free. Element-wise ops (ReLU, add, the gate multiply) are ignored, as fvcore does.
 * The model runs in SPARSE execution, eval mode, one input at a time. A traced batch-1 forward of an
-  MoE model contains only the chosen expert's convolutions, so unchosen experts are never counted.
+  MoE model contains only the chosen expert's convolutions, so unchosen experts are never counted
+  (top-k models: the k chosen experts of each layer, each counted once; their weighted sum is
+  element-wise).
   Cost depends only on the pathway (expert chosen per MoE layer), so inputs are grouped by their
   routing pathway and one representative per distinct pathway is analysed, with its routing forced
   to that pathway (so the count is exactly the routing of the batched forward); the result is the
@@ -185,13 +187,15 @@ def _moe_counts(model: RoutedNet, x: Tensor) -> dict[str, float]:
         for chunk in x.split(256):  # bounded memory for a few hundred test inputs
             model(chunk)
     names = [r.name for r in trace.forwards[0]]
-    experts = torch.cat([torch.stack([r.expert for r in fwd]) for fwd in trace.forwards], dim=1)  # [L, B]
-    pathways = Counter(tuple(col) for col in experts.t().tolist())
+    # [L, B, k] expert sets (k = 1 for top-1 routing): a top-k input's pathway is its k experts per layer
+    experts = torch.cat([torch.stack([r.expert_set for r in fwd]) for fwd in trace.forwards], dim=1)
+    pathways = Counter(tuple(tuple(s) for s in col) for col in experts.transpose(0, 1).tolist())
     total: dict[str, float] = {}
     for pathway, count in pathways.items():
         # Forcing reproduces the batched routing exactly (batch-1 numerics could break a near-tie);
         # with the pathway fixed the count does not depend on the input values, so x[:1] serves all.
-        with force_routing(model, dict(zip(names, pathway))):
+        forced = {n: (torch.tensor([list(s)]) if len(s) > 1 else s[0]) for n, s in zip(names, pathway)}
+        with force_routing(model, forced):
             own = _fvcore_own_counts(model, x[:1])
         for k, v in own.items():
             total[k] = total.get(k, 0.0) + v * count

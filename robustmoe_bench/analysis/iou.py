@@ -116,14 +116,34 @@ def utilisation(experts: Tensor, n_experts: int) -> tuple[list[list[float]], lis
     return shares, entropy
 
 
+def collapse(experts: Tensor, n_experts: int) -> tuple[list[float], list[float]]:
+    """Expert-collapse metrics per layer of ``experts`` ``[L, B]`` or ``[L, B, k]``: the share of inputs
+    whose set holds the busiest expert (``k/N`` when balanced, 1 when one expert is in every set) and
+    the utilisation entropy normalised by its maximum ``log2 N`` (1 = balanced, 0 = one expert only)."""
+    shares, entropy = utilisation(experts, n_experts)
+    top = math.log2(n_experts) if n_experts > 1 else 1.0
+    return [max(s) for s in shares], [e / top for e in entropy]
+
+
 @dataclass
 class Utilisation:
     """``share[l][e]``: fraction of inputs routed to expert ``e`` in layer ``l``; ``entropy_bits[l]``:
-    entropy of that distribution (max ``log2 N`` = perfectly balanced, 0 = one expert only)."""
+    entropy of that distribution (max ``log2 N`` = perfectly balanced, 0 = one expert only).
+    Collapse metrics (:func:`collapse`; absent in results written before they existed):
+    ``busiest_share[l]`` and ``entropy_normalised[l]``."""
 
     share: list[list[float]]
     entropy_bits: list[float]
     mean_entropy_bits: float
+    busiest_share: Optional[list[float]] = None
+    entropy_normalised: Optional[list[float]] = None
+
+    @classmethod
+    def of(cls, experts: Tensor, n_experts: int) -> "Utilisation":
+        """From expert sets ``[L, B(, k)]``."""
+        share, ent = utilisation(experts, n_experts)
+        busiest, norm = collapse(experts, n_experts)
+        return cls(share, ent, sum(ent) / len(ent), busiest, norm)
 
 
 @dataclass
@@ -243,8 +263,7 @@ def iou_analysis(
     n_exp = int(spec.experts)
     util = {}
     for key, ex in (("clean", ec), ("adversarial", ea)):
-        share, ent = utilisation(ex, n_exp)
-        util[key] = Utilisation(share, ent, sum(ent) / len(ent))
+        util[key] = Utilisation.of(ex, n_exp)
     return IoUResult(
         n_examples=n, layers=names, experts=n_exp, pathway_channels=int(widths.sum()),
         mask_channels=int(mask_sizes.sum()), clean=iou_c.tolist(), adversarial=iou_a.tolist(),
@@ -321,8 +340,7 @@ def majority_iou_analysis(
     iou_c, iou_a = set_iou(ec, ref), set_iou(ea, ref)
     util = {}
     for key, ex in (("clean", ec), ("adversarial", ea)):
-        share, ent = utilisation(ex, n_exp)
-        util[key] = Utilisation(share, ent, sum(ent) / len(ent))
+        util[key] = Utilisation.of(ex, n_exp)
     size = int(ec.shape[0] * k)
     return IoUResult(
         n_examples=n, layers=names, experts=n_exp, pathway_channels=size, mask_channels=size,
@@ -378,8 +396,14 @@ def plot_utilisation(result: IoUResult, path: str | Path) -> Path:
     ax.set_ylabel("% of inputs routed to the expert")
     ent_c = result.utilisation["clean"].mean_entropy_bits
     ent_a = result.utilisation["adversarial"].mean_entropy_bits
-    ax.set_title(f"Expert utilisation (mean routing entropy {ent_c:.2f} clean / {ent_a:.2f} adversarial, "
-                 f"max {result.max_entropy_bits:.2f} bits)", fontsize=10)
+    title = (f"Expert utilisation (mean routing entropy {ent_c:.2f} clean / {ent_a:.2f} adversarial, "
+             f"max {result.max_entropy_bits:.2f} bits)")
+    busiest = result.utilisation["clean"].busiest_share
+    if busiest:  # expert collapse: the busiest expert's share per layer, marked on the clean bars
+        title += f"\nbusiest expert (clean): max {100 * max(busiest):.0f}% of inputs (black ticks)"
+        ax.scatter(range(L), [100 * b for b in busiest], marker="_", s=400, color="black", zorder=5)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return save_figure(fig, path)

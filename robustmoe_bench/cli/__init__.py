@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "flops_cmd", "compare_cmd",
     "convert_cmd",
     "reproduce_cmd",
+    "experts_cmd",
 ]
 
 for _name in COMMAND_MODULES:

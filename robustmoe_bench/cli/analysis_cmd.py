@@ -94,6 +94,12 @@ def dissect_cmd(
     if res.routers_alone_robust_acc is not None:
         console.print(f"robust accuracy of the routers alone (routing unchanged under router attack): "
                       f"{res.routers_alone_robust_acc:.2f}%")
+    if res.utilisation is not None:  # expert collapse: the busiest expert's share, entropy / max
+        for key in ("clean", "adversarial"):
+            u = res.utilisation[key]
+            parts = [f"{escape(n)} busiest {100 * b:.1f}%, entropy {e:.2f}"
+                     for n, b, e in zip(res.layers, u["busiest_share"], u["entropy_normalised"])]
+            console.print(f"expert utilisation ({key}): " + "; ".join(parts), highlight=False)
     console.print(f"wrote {out / 'dissect.json'} and {out / 'dissect.png'} ({res.seconds:.1f} s)", markup=False)
 
 
@@ -132,12 +138,16 @@ def iou_cmd(
     opts = mo.ModelOptions(model, model_arg, weights, weights_key, output_key, normalize, input_size, router_modules,
                            router_top_k, router_forcing, adapter, dataset)
     opts.check(ckpt)
-    if ckpt is not None and mask is None:
-        raise ConfigError("iou of a checkpoint needs --mask (a Sparse checkpoint of the same backbone)")
     if ckpt is None and mask is not None:
         raise ConfigError("--mask needs a robustmoe-bench MoE checkpoint; with --model, leave it out "
                           "(pathways are compared with the model's majority pathway)")
     net, data_name = _moe_model(ckpt, opts, "pathway IoU")
+    full_copy = getattr(getattr(net, "spec", None), "moe", "channel") != "channel"
+    if full_copy and mask is not None:
+        raise ConfigError(f"--mask compares channel pathways with a Sparse model's mask; the experts of "
+                          f"{net.spec.describe()} are full copies: leave --mask out (majority pathway)")
+    if ckpt is not None and mask is None and not full_copy:
+        raise ConfigError("iou of a checkpoint needs --mask (a Sparse checkpoint of the same backbone)")
     label = mo.model_label(ckpt, opts)
     if mask is not None:
         sparse = load_checkpoint(mask).model
@@ -158,10 +168,13 @@ def iou_cmd(
     for k in ("mean", "std", "min", "median", "max"):
         t.add_column(k, justify="right")
     t.add_column("mean routing entropy (bits)", justify="right")
+    t.add_column("busiest expert (share of inputs, max over layers)", justify="right")
     for key in ("clean", "adversarial"):
         s = res.summary[key]
+        u_ = res.utilisation[key]
         t.add_row(key, *(f"{s[k]:.4f}" for k in ("mean", "std", "min", "median", "max")),
-                  f"{res.utilisation[key].mean_entropy_bits:.3f} / {res.max_entropy_bits:.3f}")
+                  f"{u_.mean_entropy_bits:.3f} / {res.max_entropy_bits:.3f}",
+                  f"{100 * max(u_.busiest_share or [0.0]):.1f}%")
     console.print(t)
     u = Table(title="Expert utilisation (% of inputs per expert; clean -> adversarial)")
     u.add_column("MoE layer")
@@ -213,10 +226,12 @@ def sweep_cmd(
     n_examples: int = typer.Option(1000, "--n-examples", help="Test examples per evaluation."),
     seed: int = typer.Option(0, "--seed", help="Seed of training and of the evaluation subset."),
     no_dense: bool = typer.Option(False, "--no-dense", help="Skip the Dense (at-dense) reference."),
+    design: str = typer.Option("channel", "--design", help="Expert designs, comma-separated: channel (N x r grid), conv, block (N x k grid)."),
+    k: str = typer.Option("1", "--k", help="conv/block designs: experts per input k, comma-separated (cells with k > N are left out)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set."),
 ) -> None:
     """Train and evaluate every (experts, scale) cell; resumes, skipping finished cells."""
-    from ..analysis.sweep import SweepConfig, parse_experts, parse_scales, run_sweep
+    from ..analysis.sweep import SweepConfig, parse_designs, parse_experts, parse_ks, parse_scales, run_sweep
 
     overrides = _overrides(sets)
     for key, value in (("arch", arch), ("router", router), ("epochs", epochs), ("subset", subset),
@@ -226,20 +241,32 @@ def sweep_cmd(
     cfg = SweepConfig(
         experts=parse_experts(experts), scales=parse_scales(scale), method=method, preset=preset,
         train_overrides=overrides, suite=suite, n_examples=n_examples, seed=seed, dense_reference=not no_dense,
-        data_root=None if data_root is None else str(data_root),
+        data_root=None if data_root is None else str(data_root), designs=parse_designs(design), ks=parse_ks(k),
     )
 
     def on_cell(name: str, skipped: bool) -> None:
         console.print(f"cell {name}: {'already finished, skipped' if skipped else 'trained and evaluated'}")
 
     res = run_sweep(cfg, out, on_cell=on_cell)
-    t = Table(title=f"{method} sweep: worst-case robust / clean accuracy (%), suite {suite}")
-    t.add_column("experts N \\ scale r")
-    for r in cfg.scales:
-        t.add_column(f"{r:g}", justify="right")
-    for n in cfg.experts:
-        t.add_row(str(n), *(f"{res.cell(n, r).robust_acc:.2f} / {res.cell(n, r).clean_acc:.2f}" for r in cfg.scales))
-    if res.dense is not None:
-        t.caption = f"Dense reference ({res.dense.method}): {res.dense.robust_acc:.2f} / {res.dense.clean_acc:.2f}"
-    console.print(t)
+    caption = (f"Dense reference ({res.dense.method}): {res.dense.robust_acc:.2f} / {res.dense.clean_acc:.2f}"
+               if res.dense is not None else None)
+    if "channel" in cfg.designs:
+        t = Table(title=f"{method} sweep: worst-case robust / clean accuracy (%), suite {suite}")
+        t.add_column("experts N \\ scale r")
+        for r in cfg.scales:
+            t.add_column(f"{r:g}", justify="right")
+        for n in cfg.experts:
+            t.add_row(str(n), *(f"{res.cell(n, r).robust_acc:.2f} / {res.cell(n, r).clean_acc:.2f}" for r in cfg.scales))
+        t.caption = caption
+        console.print(t)
+    rows = res.topk_rows()
+    if rows:
+        t = Table(title=f"{method} sweep, full-copy experts: worst-case robust / clean accuracy (%), suite {suite}")
+        t.add_column("design, experts N \\ k")
+        for kk in cfg.ks:
+            t.add_column(str(kk), justify="right")
+        for d, n, cells in rows:
+            t.add_row(f"{d}, {n}", *("-" if c is None else f"{c.robust_acc:.2f} / {c.clean_acc:.2f}" for c in cells))
+        t.caption = caption
+        console.print(t)
     console.print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}", markup=False)

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import ConfigError
 from ..evaluation import DEFAULT_BATCH_SIZE, SUITES, EvalResult, evaluate
 from . import model_options as mo
 from .app import app, console
@@ -68,7 +69,7 @@ def flag_lines(res: EvalResult) -> list[str]:
 @app.command("evaluate")
 def evaluate_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="A robustmoe-bench checkpoint (.safetensors); or use --model."),
-    suite: str = typer.Option("full", "--suite", "-s", help=f"Attack suite: {', '.join(SUITES.names())}."),
+    suite: str = typer.Option("full", "--suite", "-s", help=f"Attack suite: {', '.join(SUITES.names())}; or corruptions (15 common corruptions x 5 severities)."),
     n_examples: Optional[int] = typer.Option(None, "--n-examples", "-n", help="Examples (a seeded subset); default all."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 or 0.1; default: the data set's."),
     norm: str = typer.Option("Linf", "--norm", help="Threat model: Linf or L2."),
@@ -79,6 +80,8 @@ def evaluate_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from <out>.state after an interruption."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="--suite corruptions: a comma-separated subset (default: all 15)."),
+    severities: Optional[str] = typer.Option(None, "--severities", help="--suite corruptions: comma-separated severities (default 1-5)."),
     model: Optional[str] = mo.MODEL,
     model_arg: list[str] = mo.MODEL_ARG,
     weights: Optional[Path] = mo.WEIGHTS,
@@ -92,16 +95,21 @@ def evaluate_cmd(
     adapter: Optional[str] = mo.ADAPTER,
     dataset: Optional[str] = mo.DATASET,
 ) -> None:
-    """Evaluate robustness: per-example worst case over a suite of attacks, with gradient-masking flags."""
+    """Evaluate robustness: per-example worst case over a suite of attacks, with gradient-masking flags;
+    or, with --suite corruptions, accuracy under common corruptions."""
     import os
 
     opts = mo.ModelOptions(model, model_arg, weights, weights_key, output_key, normalize, input_size, router_modules,
                            router_top_k, router_forcing, adapter, dataset)
     opts.check(ckpt)
     if out is not None and out.is_dir():  # before building a model: cheap checks first
-        from ..errors import ConfigError
-
         raise ConfigError(f"--out {out} is a folder; give a file name such as results.json")
+    if suite == "corruptions":
+        _corruptions(ckpt if ckpt is not None else opts.load(), n_examples, eps, norm, batch_size, seed, data_root,
+                     out, resume, device, quiet, corruptions, severities)
+        return
+    if corruptions is not None or severities is not None:
+        raise ConfigError("--corruptions and --severities are options of --suite corruptions")
     res = evaluate(
         ckpt if ckpt is not None else opts.load(), suite=suite, n_examples=n_examples, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
         data_root=data_root, out=out, resume=resume, device=device, progress=not quiet,
@@ -118,5 +126,53 @@ def evaluate_cmd(
         console.print(f"worst case over: {escape(', '.join(res.worst_case_attacks))}", highlight=False)
     if res.unreliable:
         console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
+    if out is not None:
+        console.print(f"results written to {out}", markup=False, highlight=False)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: give comma-separated integers, got {text!r}") from None
+
+
+def corruption_table(res) -> Table:
+    """Corruption x severity accuracy (%), with per-corruption means and the overall mean."""
+    t = Table(title=f"common corruptions on {res.dataset} (n={res.n_examples}); accuracy %, "
+                    f"clean {res.clean_acc:.2f}, mean {res.corruptions_acc:.2f}")
+    t.add_column("corruption", style="bold", no_wrap=True)
+    for s in res.severities:
+        t.add_column(f"s{s}", justify="right")
+    t.add_column("mean", justify="right")
+    if res.routing_change is not None:
+        t.add_column("routing change % (mean)", justify="right")
+    for c in res.corruptions:
+        row = [f"{res.accuracy[c][str(s)]:.2f}" for s in res.severities] + [f"{res.by_corruption[c]:.2f}"]
+        if res.routing_change is not None:
+            row.append(f"{sum(res.routing_change[c].values()) / len(res.severities):.2f}")
+        t.add_row(c, *row)
+    t.add_row("[bold]mean[/]", *(f"{res.by_severity[str(s)]:.2f}" for s in res.severities),
+              f"[bold]{res.corruptions_acc:.2f}[/]",
+              *([f"{res.routing_change_mean:.2f}"] if res.routing_change_mean is not None else []))
+    return t
+
+
+def _corruptions(ckpt, n_examples, eps, norm, batch_size, seed, data_root, out, resume, device, quiet,
+                 corruptions, severities) -> None:
+    from ..evaluation.corruptions import DEFAULT_BATCH, evaluate_corruptions
+
+    if eps is not None or norm != "Linf":
+        raise ConfigError("--eps and --norm do not apply to --suite corruptions (no attack radius)")
+    if resume:
+        raise ConfigError("--resume does not apply to --suite corruptions (it runs in one go)")
+    res = evaluate_corruptions(
+        str(ckpt) if isinstance(ckpt, Path) else ckpt, n_examples=n_examples, seed=seed, data_root=data_root,
+        batch_size=DEFAULT_BATCH if batch_size == DEFAULT_BATCH_SIZE else batch_size, device=device,
+        corruptions=None if corruptions is None else [c.strip() for c in corruptions.split(",")],
+        severities=None if severities is None else _int_list(severities, "--severities"),
+        out=out, progress=not quiet,
+    )
+    console.print(corruption_table(res))
     if out is not None:
         console.print(f"results written to {out}", markup=False, highlight=False)

@@ -34,18 +34,23 @@ def publish_cmd(
     forward_passes: int = typer.Option(1, "--forward-passes", min=1, help="Forward passes per prediction."),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help=ROOT_HELP),
     force: bool = typer.Option(False, "--force", help="Replace an existing entry of the same name."),
+    corruptions: Optional[Path] = typer.Option(None, "--corruptions", help="Results of 'evaluate --suite corruptions' of the same checkpoint: adds corruptions_acc to the entry."),
 ) -> None:
-    """Write one entry from evaluation results (which must include AutoAttack)."""
+    """Write one entry from evaluation results (which must include AutoAttack; or corruption results,
+    which give an entry under <dataset>/corruptions)."""
     path, entry = publish_results(
-        results, name, root, title=title, force=force, link=link, authors=authors, venue=venue,
+        results, name, root, title=title, force=force, corruptions=corruptions, link=link, authors=authors, venue=venue,
         architecture=architecture, reported=reported, footnote=footnote, additional_data=additional_data,
         number_forward_passes=forward_passes,
     )
     ext = f", external {entry.external:.2f}%" if entry.external is not None else ""
     warn = " [bold yellow](unreliable: gradient-masking checks failed)[/]" if entry.unreliable else ""
     n = f" on {entry.extras.n_examples} examples" if entry.extras is not None else ""
+    corr = entry.corruptions.get("corruptions_acc")
+    aa = f", AutoAttack {entry.autoattack_acc:.2f}%" if entry.autoattack_acc is not None else ""
+    cc = f", corruptions {corr:.2f}%" if corr is not None else ""
     console.print(
-        f"wrote {escape(str(path))}: clean {entry.clean_acc:.2f}%, AutoAttack {entry.autoattack_acc:.2f}%{ext}{n}{warn}",
+        f"wrote {escape(str(path))}: clean {entry.clean_acc:.2f}%{aa}{cc}{ext}{n}{warn}",
         highlight=False, soft_wrap=True,
     )
 

@@ -24,6 +24,7 @@ def models_cmd(
     if as_json:
         console.print_json(json.dumps({
             "architectures": archs, "kinds": KINDS.names(), "routers": ROUTERS.names(),
+            "expert_kinds": _expert_kinds(),
             "note": "any wrn-D-W with D = 6n+4 is also accepted",
         }))
         return
@@ -40,7 +41,17 @@ def models_cmd(
         k.add_row(f"--kind {name}", KINDS.get(name))
     for name in ROUTERS.names():
         k.add_row(f"--router {name}", ROUTERS.get(name))
+    from ..models.builder import MOE_EXPERTS
+
+    for name in MOE_EXPERTS.names():
+        k.add_row(f"--moe {name}", MOE_EXPERTS.get(name))
     console.print(k)
+
+
+def _expert_kinds() -> list[str]:
+    from ..models.builder import MOE_EXPERTS
+
+    return MOE_EXPERTS.names()
 
 
 @app.command("info")

@@ -12,6 +12,17 @@ from rich.markup import escape
 from .app import app, console
 
 
+def parse_stages(text: str) -> list[int]:
+    """``"3,4"`` -> ``[3, 4]`` (``--moe-stages``)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise ConfigError(f"--moe-stages: {part!r} is not a stage number (give e.g. 3 or 3,4)")
+        out.append(int(part))
+    return out
+
+
 @app.command("train")
 def train_cmd(
     method: Optional[str] = typer.Option(None, "--method", help="std, at-dense, at-sdense, at-sparse, at-moe, advmoe, advmoe-public."),
@@ -23,6 +34,13 @@ def train_cmd(
     router: Optional[str] = typer.Option(None, "--router", help="MoE router: resnet (default), shared or layer."),
     layout: Optional[str] = typer.Option(None, "--layout", help="MoE expert layout: compact (default) or slice."),
     ste: Optional[str] = typer.Option(None, "--ste", help="MoE straight-through estimator: identity (default) or softmax."),
+    moe: Optional[str] = typer.Option(None, "--moe", help="What an expert is: channel (default; channel slices), conv (ConvMoE: whole convs) or block (BlockMoE: whole residual blocks)."),
+    k: Optional[int] = typer.Option(None, "--k", help="--moe conv/block: experts per input (top-k gate; default 1)."),
+    moe_stages: Optional[str] = typer.Option(None, "--moe-stages", help="--moe conv/block: resnet stages holding experts, 1-based, comma-separated (default: the last)."),
+    noise: Optional[float] = typer.Option(None, "--noise", help="--moe conv/block: noisy-gating std in training (default 0)."),
+    capacity: Optional[float] = typer.Option(None, "--capacity", help="--moe conv/block: expert capacity factor in training (default 0 = none)."),
+    balance: Optional[str] = typer.Option(None, "--balance", help="--moe conv/block: balancing loss switch (default), entropy or none."),
+    balance_weight: Optional[float] = typer.Option(None, "--balance-weight", help="--moe conv/block: weight of the balancing loss (default 0.5)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (at-sparse: over all three phases)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine decay)."),
@@ -52,6 +70,8 @@ def train_cmd(
     given = {
         "method": method, "kind": kind, "arch": arch, "dataset": dataset, "experts": experts, "scale": scale,
         "router": router, "layout": layout, "ste": ste, "step_size": step_size, "trades_start": trades_start,
+        "moe": moe, "k": k, "moe_stages": parse_stages(moe_stages) if moe_stages is not None else None,
+        "noise": noise, "capacity": capacity, "balance": balance, "balance_weight": balance_weight,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "eps_str": eps, "train_steps": train_steps,
         "beta": beta, "seed": seed, "subset": subset,
         "from_dense": str(from_dense) if from_dense is not None else None,

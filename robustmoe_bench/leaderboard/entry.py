@@ -439,6 +439,9 @@ def architecture_label(model: Mapping[str, Any]) -> str:
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", arch)
     base = f"WideResNet-{m.group(1)}-{m.group(2)}" if m else _ARCH_NAMES.get(arch, arch)
     kind = model.get("kind", "dense")
+    if kind == "moe" and model.get("moe") in ("conv", "block"):
+        design = {"conv": "ConvMoE", "block": "BlockMoE"}[str(model["moe"])]
+        return f"{base} {design} (N={model.get('experts')}, top-{model.get('k', 1)})"
     if kind == "moe":
         return f"{base} MoE (N={model.get('experts')}, r={float(model.get('scale', 0)):g}, {model.get('router')} router)"
     if kind == "sdense":
@@ -506,8 +509,13 @@ def entry_from_results(
     footnote: Optional[str] = None,
     additional_data: bool = False,
     number_forward_passes: int = 1,
+    corruptions: Optional[Mapping[str, Any]] = None,
 ) -> LeaderboardEntry:
     """Build an entry from an evaluation results dict (see docs/DEVELOPING.md for its format).
+
+    Results of ``evaluate --suite corruptions`` give a corruptions entry (RobustBench's
+    ``<dataset>/corruptions`` folder: ``corruptions_acc``, no ``eps`` and no AutoAttack). ``corruptions``:
+    the corruption results of the same checkpoint, whose ``corruptions_acc`` is added to an Linf/L2 entry.
 
     Refuses results without an AutoAttack number. ``unreliable`` is true when the results say so or
     any gradient-masking check failed; failed checks and the use of ``external`` are explained in
@@ -519,6 +527,12 @@ def entry_from_results(
                        ("footnote", footnote)):
         if value is not None and not isinstance(value, str):
             raise LeaderboardError(f"{key} must be text, got {value!r}")
+    if results.get("threat_model") == ThreatModel.corruptions.value:
+        if corruptions is not None:
+            raise LeaderboardError("--corruptions adds corruption accuracy to an Linf or L2 entry; these results already are corruption results")
+        return corruption_entry(results, BenchmarkDataset.parse(_typed(results, "dataset", str, "results")), title=title,
+                                link=link, authors=authors, venue=venue, architecture=architecture, footnote=footnote,
+                                additional_data=additional_data, number_forward_passes=number_forward_passes)
     missing = [k for k in ("dataset", "threat_model", "eps", "clean_acc", "robust_acc") if k not in results]
     if missing:
         raise LeaderboardError(
@@ -527,8 +541,6 @@ def entry_from_results(
     r = "results"
     dataset = BenchmarkDataset.parse(_typed(results, "dataset", str, r))
     tm = ThreatModel.parse(_typed(results, "threat_model", str, r))
-    if tm is ThreatModel.corruptions:
-        raise LeaderboardError("corruption benchmarks are not produced by robustmoe-bench; only Linf and L2 entries can be published")
     try:
         eps = parse_eps(_typed(results, "eps", float, r), norm=tm.value)
     except ConfigError as e:
@@ -657,6 +669,10 @@ def entry_from_results(
             "Attacks skipped: " + "; ".join(f"{k} ({why})" for k, why in skipped.items())
             + f". The worst case covers only: {', '.join(str(a) for a in ran)}."
         )
+    corr: dict[str, float] = {}
+    if corruptions is not None:
+        corr["corruptions_acc"] = _corruptions_acc(corruptions, results, dataset)
+        notes.append(_corruption_note(corruptions))
     return LeaderboardEntry(
         dataset=dataset,
         threat_model=tm,
@@ -675,4 +691,42 @@ def entry_from_results(
         footnote="<br>".join(notes) if notes else None,
         unreliable=unreliable,
         extras=extras,
+        corruptions=corr,
+    )
+
+
+def _corruption_note(c: Mapping[str, Any]) -> str:
+    sev = c.get("severities") or [1, 2, 3, 4, 5]
+    names = c.get("corruptions") or []
+    return (f"corruptions_acc: mean accuracy over {len(names)} common corruptions x {len(sev)} severities "
+            f"(robustmoe-bench --suite corruptions, ImageNet-C style; procedural frost) on {c.get('n_examples')} test points.")
+
+
+def _corruptions_acc(c: Mapping[str, Any], results: Mapping[str, Any], dataset: BenchmarkDataset) -> float:
+    """The corruption accuracy of corruption results ``c`` for the checkpoint evaluated in ``results``."""
+    if not isinstance(c, Mapping) or c.get("suite") != "corruptions":
+        raise LeaderboardError("corruption results: expected the output of 'robustmoe-bench evaluate --suite corruptions'")
+    if BenchmarkDataset.parse(_typed(c, "dataset", str, "corruption results")) is not dataset:
+        raise LeaderboardError(f"corruption results are on {c.get('dataset')}, the entry on {dataset.value}")
+    a, b = c.get("checkpoint_sha256"), results.get("checkpoint_sha256")
+    if a is not None and b is not None and a != b:
+        raise LeaderboardError("corruption results are of a different checkpoint (checkpoint_sha256 differs)")
+    return _percent(c, _typed(c, "corruptions_acc", float, "corruption results"), "corruptions_acc")
+
+
+def corruption_entry(results: Mapping[str, Any], dataset: BenchmarkDataset, *, title: str, link: str = "",
+                     authors: str = "", venue: str = "N/A", architecture: Optional[str] = None,
+                     footnote: Optional[str] = None, additional_data: bool = False,
+                     number_forward_passes: int = 1) -> LeaderboardEntry:
+    """A corruptions entry from the results of ``evaluate --suite corruptions``."""
+    acc = _corruptions_acc(results, results, dataset)
+    clean = _percent(results, _typed(results, "clean_acc", float, "results"), "clean_acc")
+    model = _typed(results, "model", Optional[dict[str, Any]], "results") or {}
+    notes = ([footnote] if footnote else []) + [_corruption_note(results)]
+    return LeaderboardEntry(
+        dataset=dataset, threat_model=ThreatModel.corruptions, eps=None, clean_acc=clean, autoattack_acc=None,
+        reported=None, name=title, link=link, authors=authors, venue=venue,
+        architecture=architecture if architecture else architecture_label(model), additional_data=additional_data,
+        number_forward_passes=number_forward_passes, footnote="<br>".join(notes), unreliable=False, extras=None,
+        corruptions={"corruptions_acc": acc},
     )

@@ -124,6 +124,7 @@ def publish_results(
     *,
     title: Optional[str] = None,
     force: bool = False,
+    corruptions: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     **metadata: Any,
 ) -> tuple[Path, LeaderboardEntry]:
     """Build an entry from evaluation results (a path or a dict) and publish it.
@@ -134,5 +135,8 @@ def publish_results(
     check_name(model_id, "model ID")
     check_link(metadata.get("link", ""))
     data = read_results(results) if not isinstance(results, Mapping) else results
-    entry = entry_from_results(data, title=title or model_id, **metadata)
+    corr = None
+    if corruptions is not None:
+        corr = read_results(corruptions) if not isinstance(corruptions, Mapping) else corruptions
+    entry = entry_from_results(data, title=title or model_id, corruptions=corr, **metadata)
     return publish_entry(entry, model_id, root, force=force), entry

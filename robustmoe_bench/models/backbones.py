@@ -19,6 +19,7 @@ from ..registry import Registry
 from .builder import LayerKind
 from .layers import conv_bn, flatten, routed_add, routed_cat
 from .routing import Routed
+from .topk import TopKBlock
 
 # name -> factory(L, in_channels, num_classes, stem) -> nn.Module
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
@@ -74,12 +75,18 @@ class ResNet(nn.Module):
         super().__init__()
         c = L.dense_width(stem_width)
         self.stem = Stem(L, in_channels, c, stem)
-        layers = []
+        layers: list[nn.Module] = []
         for i, (n, w) in enumerate(zip(blocks, widths)):
+            Ls = L.for_stage(i + 1, len(blocks))  # full-copy experts (conv/block) only in their stages
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(L, c, L.width(w), stride))
-                c = L.width(w)
+                if Ls.topk and Ls.moe == "block":
+                    D = Ls.dense()
+                    layers.append(TopKBlock(c, w, [BasicBlock(D, c, w, stride) for _ in range(Ls.experts)],
+                                            opts=Ls.gate))
+                else:
+                    layers.append(BasicBlock(Ls, c, Ls.width(w), stride))
+                c = Ls.width(w)
         self.layers = nn.ModuleList(layers)
         self.fc = L.linear(c, num_classes)
 

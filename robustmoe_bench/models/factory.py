@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from .backbones import ARCHITECTURES, WRN_PATTERN, wide_resnet
 from .builder import KINDS, LayerKind, default_ste
 from .layers import STE_DESIGNS, ResNetRouter, RoutedConv2d, SharedRouter
+from .topk import TOPK_KINDS, TopKMoE
 
 #: router designs that run one network on the image and drive every MoE layer with its scores
 SHARED_ROUTERS = {"shared": SharedRouter, "resnet": ResNetRouter}
@@ -45,6 +46,13 @@ class ModelSpec:
     layout: str = "compact"
     ste: str = "identity"
     compat: str = ""
+    #: expert kind: ``channel`` (slices, top-1) or the full-copy ``conv``/``block`` experts with a top-k
+    #: gate (:mod:`.topk`) in resnet stages ``moe_stages`` (1-based; empty = the last stage)
+    moe: str = "channel"
+    k: int = 1
+    moe_stages: tuple[int, ...] = ()
+    noise: float = 0.0
+    capacity: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,7 +60,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         d = dict(d)
-        for k in ("input_shape", "mean", "std"):
+        for k in ("input_shape", "mean", "std", "moe_stages"):
             if k in d:
                 d[k] = tuple(d[k])
         # checkpoints written before the compact layout existed hold slice-layout models trained with
@@ -65,9 +73,24 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return self.kind == "moe"
 
+    @property
+    def top_k(self) -> int:
+        """Experts chosen per input and MoE layer (1 for the channel MoE)."""
+        return self.k if self.kind == "moe" else 1
+
+    def layer_kind(self) -> LayerKind:
+        return LayerKind(self.kind, self.experts, self.scale, self.router, self.layout, self.compat,
+                         self.moe, self.k, tuple(self.moe_stages), self.noise, self.capacity)
+
     def describe(self) -> str:
         s = f"{self.arch} {self.kind}"
-        if self.kind == "moe":
+        if self.kind == "moe" and self.moe in TOPK_KINDS:
+            name = {"conv": "ConvMoE", "block": "BlockMoE"}[self.moe]
+            stages = ",".join(str(x) for x in self.moe_stages) or "last"
+            s += f" ({name} N={self.experts}, top-{self.k}, stages={stages}"
+            s += (f", noise={self.noise:g}" if self.noise else "") + (f", capacity={self.capacity:g}" if self.capacity else "")
+            s += ")"
+        elif self.kind == "moe":
             s += f" (N={self.experts}, r={self.scale:g}, router={self.router}, layout={self.layout})"
         elif self.kind in ("sdense", "sparse"):
             s += f" (r={self.scale:g})"
@@ -98,7 +121,7 @@ class RoutedNet(nn.Module):
         self.spec = spec
         if spec.ste not in STE_DESIGNS:
             raise ConfigError(f"unknown straight-through estimator {spec.ste!r}; known: {', '.join(STE_DESIGNS)}")
-        L = LayerKind(spec.kind, spec.experts, spec.scale, spec.router, spec.layout, spec.compat)
+        L = spec.layer_kind()
         self._groups = L.groups
         self.body = _architecture(spec.arch)(L, spec.input_shape[0], spec.num_classes, spec.stem)
         self.router: nn.Module | None = None
@@ -112,7 +135,7 @@ class RoutedNet(nn.Module):
         self._trace: list | None = None
         self._forced: dict | None = None
         for name, m in self.named_modules():
-            if isinstance(m, RoutedConv2d):
+            if isinstance(m, (RoutedConv2d, TopKMoE)):
                 m.layer_name = name
 
     @property
@@ -121,9 +144,17 @@ class RoutedNet(nn.Module):
         (so an input takes one expert index through the whole network)."""
         return self.router is not None
 
-    def moe_layers(self) -> list[tuple[str, RoutedConv2d]]:
-        """MoE convolutions in execution order (= registration order for every backbone here)."""
-        return [(n, m) for n, m in self.named_modules() if isinstance(m, RoutedConv2d) and m.role == "moe"]
+    def moe_layers(self) -> list[tuple[str, nn.Module]]:
+        """MoE layers in execution order (= registration order for every backbone here): channel-MoE
+        convolutions (:class:`RoutedConv2d`) or top-k layers (:class:`~.topk.TopKConv`,
+        :class:`~.topk.TopKBlock`); each has ``.experts`` and ``.router``."""
+        return [(n, m) for n, m in self.named_modules()
+                if (isinstance(m, RoutedConv2d) and m.role == "moe") or isinstance(m, TopKMoE)]
+
+    @property
+    def top_k(self) -> int:
+        """Experts chosen per input and MoE layer."""
+        return self.spec.top_k
 
     def router_parameters(self) -> list[nn.Parameter]:
         """Router parameters (phi in AdvMoE): the shared router or every layer gate."""
@@ -176,6 +207,11 @@ def create_model(
     layout: str = "compact",
     ste: str | None = None,
     compat: str = "",
+    moe: str = "channel",
+    k: int = 1,
+    moe_stages: tuple[int, ...] | list[int] = (),
+    noise: float = 0.0,
+    capacity: float = 0.0,
 ) -> RoutedNet:
     """Build a model by architecture name and kind.
 
@@ -183,18 +219,28 @@ def create_model(
     paper's MoE-CNN (compact experts, the ``resnet`` router network, the identity straight-through
     estimator). ``ste=None`` picks :func:`~.builder.default_ste` for the router design. ``dataset``
     supplies classes, input shape, normalisation and stem unless given explicitly.
+
+    Full-copy experts: ``create_model("resnet18", kind="moe", moe="conv", experts=4, k=2)`` -- ConvMoE
+    in the last stage with a top-2 gate per layer (``moe="block"``: BlockMoE); ``moe_stages`` (1-based),
+    ``noise`` and ``capacity`` as in :mod:`.topk`. These have per-layer gates, no model scale and no
+    channel layout: ``router``, ``layout`` and ``scale`` are stored as ``layer``, ``compact`` and 1.
     """
     from ..data import get_dataset_info
 
     info = get_dataset_info(dataset)
     shape = tuple(input_shape) if input_shape is not None else tuple(info.input_shape)
     _architecture(name)  # fail early with the list of known names
-    LayerKind(kind, experts, scale, router, layout, compat)  # validates kind / experts / scale / router / layout
+    if kind == "moe" and moe in TOPK_KINDS:
+        router, layout, scale, ste = "layer", "compact", 1.0, "softmax"
+    stages = tuple(int(s) for s in moe_stages)
+    LayerKind(kind, experts, scale, router, layout, compat, moe, int(k), stages, float(noise),
+              float(capacity))  # validates every option
     spec = ModelSpec(
         arch=name, kind=kind, experts=int(experts), scale=float(scale), router=router, dataset=dataset,
         num_classes=int(num_classes or info.num_classes), input_shape=shape,  # type: ignore[arg-type]
         mean=tuple(info.mean), std=tuple(info.std), stem="imagenet" if shape[1] >= 128 else "cifar",
         layout=layout, ste=default_ste(router) if ste is None else ste, compat=compat,
+        moe=moe, k=int(k), moe_stages=stages, noise=float(noise), capacity=float(capacity),
     )
     return build_model(spec)
 

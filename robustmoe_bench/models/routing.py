@@ -33,13 +33,24 @@ EXECUTIONS = ("sparse", "masked")
 class LayerRecord:
     """What one MoE layer decided in one forward pass.
 
-    ``expert``: ``[B]`` long, chosen expert per input. ``logits``: ``[B, N]`` router scores (not detached,
-    so router-targeted attacks can differentiate them). ``name``: the layer's qualified module name.
+    ``expert``: ``[B]`` long, chosen expert per input (top-k layers: the first choice). ``logits``:
+    ``[B, N]`` router scores (not detached, so router-targeted attacks can differentiate them). ``name``:
+    the layer's qualified module name. Top-k layers (:mod:`.topk`) also record ``experts_k`` ``[B, k]``
+    long (the chosen experts, largest logit first) and ``weights`` ``[B, k]`` (their gate weights, with
+    autograd history); for top-1 channel layers both are ``None``.
     """
 
     name: str
     expert: Tensor
     logits: Tensor
+    experts_k: Tensor | None = None
+    weights: Tensor | None = None
+
+    @property
+    def expert_set(self) -> Tensor:
+        """``[B, k]`` long, the chosen experts sorted ascending (``k = 1``: ``expert[:, None]``)."""
+        e = self.expert.unsqueeze(1) if self.experts_k is None else self.experts_k
+        return e.sort(dim=1).values
 
 
 @dataclass

@@ -40,8 +40,22 @@ class RoutingTrace:
         return [r.name for r in self.records]
 
     def experts(self) -> Tensor:
-        """``[L, B]`` long: the expert chosen by each MoE layer for each input (last forward)."""
+        """``[L, B]`` long: the expert chosen by each MoE layer for each input (last forward; top-1
+        routing only -- a top-k model's routing is a set per input, see :meth:`expert_sets`)."""
+        if any(r.experts_k is not None and r.experts_k.shape[1] > 1 for r in self.records):
+            raise RuntimeError("top-k routing chooses a set of experts per input: use expert_sets()")
         return torch.stack([r.expert for r in self.records]).detach()
+
+    def expert_sets(self) -> Tensor:
+        """``[L, B, k]`` long: each MoE layer's chosen expert set per input, sorted ascending (last
+        forward; ``k = 1`` for top-1 routing)."""
+        return torch.stack([r.expert_set for r in self.records]).detach()
+
+    def weights(self) -> list[Tensor]:
+        """Per layer ``[B, k]`` gate weights of the chosen experts, in the order of
+        :attr:`LayerRecord.experts_k` (top-1 channel layers: ones)."""
+        return [r.weights if r.weights is not None else torch.ones_like(r.expert, dtype=r.logits.dtype).unsqueeze(1)
+                for r in self.records]
 
     def logits(self) -> list[Tensor]:
         """Per layer ``[B, N]`` router scores of the last forward (with autograd history)."""
@@ -73,7 +87,8 @@ def routing_trace(model: torch.nn.Module) -> Iterator[RoutingTrace]:
 @contextmanager
 def force_routing(model: torch.nn.Module, experts: int | Tensor | dict[str, int | Tensor]) -> Iterator[None]:
     """Fix expert choices: one int (every layer, every input), a ``[B]`` tensor (every layer), or a
-    dict from MoE layer name (or ``"*"``) to an int or ``[B]`` tensor."""
+    dict from MoE layer name (or ``"*"``) to an int or ``[B]`` tensor. Top-k layers also take ``[B, k']``
+    expert sets (any ``1 <= k' <= N``; weights: softmax over the forced experts' logits)."""
     net = _check(model)
     forced = dict(experts) if isinstance(experts, dict) else {"*": experts}
     previous = net._forced

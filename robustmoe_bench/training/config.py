@@ -10,6 +10,13 @@ Model options apply only where they mean something: ``experts``, ``router``, ``l
 models, ``scale`` to every kind but Dense, ``kind`` to ``std`` (the paper's Fig. 1b trains every model
 type with cross-entropy). Giving one elsewhere is an error, not a value silently stored.
 
+``moe`` picks what an expert is: ``channel`` (the default, AdvMoE's channel slices; stored as ``None``
+so earlier runs keep their identity) or the full copies ``conv`` (ConvMoE) and ``block`` (BlockMoE) with a
+top-k gate per layer (:mod:`robustmoe_bench.models.topk`). ``k``, ``moe_stages``, ``noise``,
+``capacity``, ``balance`` and ``balance_weight`` apply to ``conv``/``block`` only; ``router``, ``layout``,
+``ste`` and ``scale`` to ``channel`` only. The balancing loss (``switch`` or ``entropy``, default ``switch``
+with weight 0.5, :mod:`robustmoe_bench.training.balance`) is added to every training objective.
+
 The per-epoch monitor (clean and PGD accuracy) runs on ``holdout`` examples split off the *training*
 set (a fixed draw, the same for every seed and method; never trained on), not on test examples.
 
@@ -37,10 +44,27 @@ METHOD_KINDS = {
 #: MoE design defaults (the paper's public code: compact experts, one ResNet router network, identity STE;
 #: the STE default follows the router, see models.builder.default_ste).
 MOE_DEFAULTS = {"experts": 2, "router": "resnet", "layout": "compact", "ste": "identity"}
+#: Defaults of the full-copy (``--moe conv``/``block``) options; the balancing loss and its weight are
+#: those of the closest robust MoE-CNN work (switch-style, 0.5; see the issue-13 notes).
+TOPK_DEFAULTS: dict[str, Any] = {"k": 1, "moe_stages": [], "noise": 0.0, "capacity": 0.0, "balance": "switch",
+                                 "balance_weight": 0.5}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _apply(given: list[str]) -> str:
+    return "applies" if len(given) == 1 else "apply"
+
+
 #: Width ratio r of S-Dense, Sparse and MoE models when not given.
 SCALE_DEFAULT = 0.5
 #: TRADES attack starts (see module docstring).
 TRADES_STARTS = ("normal", "uniform")
+
+#: The full-copy (``--moe conv``/``block``) options (see :meth:`TrainConfig.run_identity`).
+TOPK_FIELDS = ("moe", "k", "moe_stages", "noise", "capacity", "balance", "balance_weight")
 
 #: Fields that describe how a run is executed, not what it computes: ignored when a folder's stored
 #: configuration is compared with a new one.
@@ -60,6 +84,13 @@ class TrainConfig:
     layout: str | None = None  # MoE only; None: compact
     ste: str | None = None  # MoE only; None: identity
     kind: str | None = None  # std only: dense (default), sdense, sparse or moe
+    moe: str | None = None  # MoE only: channel (None), conv or block
+    k: int | None = None  # conv/block only: experts per input (top-k); None: 1
+    moe_stages: list[int] | None = None  # conv/block only: resnet stages (1-based); None: the last
+    noise: float | None = None  # conv/block only: noisy-gating std (training); None: 0
+    capacity: float | None = None  # conv/block only: expert capacity factor (training); None: 0 = off
+    balance: str | None = None  # conv/block only: balancing loss none, switch or entropy; None: switch
+    balance_weight: float | None = None  # conv/block only: its weight; None: 0.5
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
@@ -98,7 +129,7 @@ class TrainConfig:
         method = overrides.get("method")
         base.update(PRESET_METHOD_OVERRIDES.get(name, {}).get(method, {}))
         moe = METHOD_KINDS.get(str(method)) == "moe" or (method == "std" and overrides.get("kind") == "moe")
-        if moe:
+        if moe and overrides.get("moe") in (None, "channel"):  # the presets' channel-MoE design
             base.update(PRESET_MOE_DESIGN.get(name, {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
         base["preset"] = name
@@ -114,7 +145,10 @@ class TrainConfig:
 
     def run_identity(self) -> dict[str, Any]:
         """The fields that define what the run computes (used to detect a different run in a folder)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        # the full-copy options are left out where unset, so channel-MoE and non-MoE runs keep the
+        # identity they had before these options existed (sweep cells, run folders)
+        return {k: v for k, v in self.to_dict().items()
+                if k not in RUNTIME_FIELDS and not (k in TOPK_FIELDS and v is None)}
 
     # ------------------------------------------------------------------ validation
     def resolve(self) -> "TrainConfig":
@@ -177,12 +211,23 @@ class TrainConfig:
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"unknown model kind {self.kind!r}; known: {', '.join(KINDS.names())}")
         kind = self.model_kind
+        if kind != "moe" and self.moe is not None:
+            raise ConfigError(f"--moe only apply to MoE models; --method {self.method} trains a {kind} model")
+        if self.moe == "channel":
+            self.moe = None
+        topk = kind == "moe" and self.moe is not None
         if kind != "moe":
-            given = [f"--{k}" for k in MOE_DEFAULTS if getattr(self, k) is not None]
+            given = [f"--{k}" for k in (*MOE_DEFAULTS, "moe", *TOPK_DEFAULTS) if getattr(self, k) is not None]
             if given:
-                raise ConfigError(f"{', '.join(given)} only apply to MoE models; --method {self.method} "
-                                  f"trains a {kind} model")
+                raise ConfigError(f"{', '.join(_flag(g) for g in given)} only apply to MoE models; "
+                                  f"--method {self.method} trains a {kind} model")
+        elif topk:
+            self._resolve_topk()
         else:
+            given = [k for k in TOPK_DEFAULTS if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(_flag('--' + g) for g in given)} only {_apply(given)} to --moe conv or block "
+                                  "(full-copy experts with a top-k gate)")
             from ..models.builder import default_ste
 
             for k, v in MOE_DEFAULTS.items():
@@ -194,7 +239,9 @@ class TrainConfig:
             for name, reg in (("router", ROUTERS), ("layout", EXPERT_LAYOUTS), ("ste", STES)):
                 if getattr(self, name) not in reg:
                     raise ConfigError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(reg.names())}")
-        if kind == "dense":
+        if topk:
+            pass
+        elif kind == "dense":
             if self.scale is not None:
                 raise ConfigError(f"--scale does not apply to a Dense model (--method {self.method})")
         else:
@@ -202,9 +249,57 @@ class TrainConfig:
             if not (0 < self.scale <= 1):
                 raise ConfigError(f"--scale must be in (0, 1], got {self.scale}")
 
+    def _resolve_topk(self) -> None:
+        from ..models.topk import TOPK_KINDS
+        from ..training.balance import BALANCE_LOSSES
+
+        if self.moe not in TOPK_KINDS:
+            raise ConfigError(f"unknown expert kind --moe {self.moe!r}; known: channel, {', '.join(TOPK_KINDS)}")
+        given = [f"--{k}" for k in ("router", "layout", "ste", "scale") if getattr(self, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only {_apply(given)} to --moe channel (full-copy {self.moe} experts have "
+                              "a top-k gate per layer and no model scale)")
+        if self.experts is None:
+            self.experts = MOE_DEFAULTS["experts"]
+        self.experts = int(self.experts)
+        for k, v in TOPK_DEFAULTS.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if self.experts < 2:
+            raise ConfigError(f"an MoE model needs at least 2 experts, got --experts {self.experts}")
+        self.k = int(self.k)  # type: ignore[arg-type]
+        if not 1 <= self.k <= self.experts:
+            raise ConfigError(f"--k must be in [1, experts={self.experts}], got {self.k}")
+        self.moe_stages = [int(s) for s in self.moe_stages]  # type: ignore[union-attr]
+        if any(s < 1 for s in self.moe_stages) or len(set(self.moe_stages)) != len(self.moe_stages):
+            raise ConfigError(f"--moe-stages are distinct stage numbers from 1, got {self.moe_stages}")
+        if not self.arch.startswith("resnet"):
+            raise ConfigError(f"--moe {self.moe} experts exist in the resnet architectures only, not {self.arch}")
+        for name in ("noise", "capacity", "balance_weight"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0, got {v}")
+            setattr(self, name, v)
+        if self.balance not in BALANCE_LOSSES:
+            raise ConfigError(f"unknown balancing loss {self.balance!r}; known: {', '.join(BALANCE_LOSSES)}")
+
+    @property
+    def topk(self) -> bool:
+        """Full-copy experts with a top-k gate (``--moe conv`` or ``block``)."""
+        return self.model_kind == "moe" and self.moe is not None
+
+    def balance_term(self) -> tuple[str, float] | None:
+        """``(loss, weight)`` of the balancing loss added to the objective, or None."""
+        if not self.topk or self.balance == "none" or not self.balance_weight:
+            return None
+        return str(self.balance), float(self.balance_weight)  # type: ignore[arg-type]
+
     def model_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~robustmoe_bench.models.create_model` for this run's model."""
         opts: dict[str, Any] = {}
+        if self.topk:
+            return dict(experts=self.experts, moe=self.moe, k=self.k, moe_stages=tuple(self.moe_stages or ()),
+                        noise=self.noise, capacity=self.capacity)
         if self.model_kind != "dense":
             opts["scale"] = self.scale
         if self.model_kind == "moe":

@@ -181,7 +181,11 @@ def _load_momentum(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> No
 def training_meta(cfg: TrainConfig, history: list[dict[str, Any]], world: int) -> dict[str, Any]:
     """The ``training`` metadata stored in checkpoints: method, hyper-parameters and final accuracies."""
     last = history[-1] if history else {}
+    extra = {}
+    if cfg.topk:  # the balancing loss is part of the objective of the full-copy (top-k) family
+        extra = {"balance": cfg.balance, "balance_weight": cfg.balance_weight}
     return {
+        **extra,
         "method": cfg.method, "kind": cfg.model_kind, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "eps": cfg.eps, "eps_str": cfg.eps_str,
         "train_steps": cfg.train_steps, "step_size": cfg.step_size, "trades_start": cfg.trades_start, "beta": cfg.beta, "seed": cfg.seed,

@@ -17,12 +17,15 @@ Two decisions, and why:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .balance import forwards_balance_loss
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class TradesLoss:
     natural: float
     robust: float
     correct: int
+    balance: float | None = None
 
 
 def _kl(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
@@ -77,19 +81,42 @@ def pgd_kl(model: nn.Module, x: Tensor, eps: float, steps: int, step_size: float
         model.train(was_training)
 
 
-def trades_loss(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, beta: float) -> TradesLoss:
+def trades_loss(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, beta: float,
+                balance: tuple[str, float] | None = None, net: nn.Module | None = None) -> TradesLoss:
     """TRADES loss on clean ``x`` ``[B, C, H, W]``, labels ``y`` ``[B]`` and the adversarial ``x_adv``.
 
     ``model`` is called in whatever mode it is in (train mode during training) with two separate
     forwards, so the clean and adversarial batches keep their own batch-norm statistics.
+    ``balance``: ``(loss, weight)`` of a balancing loss of the gates (:mod:`.balance`), averaged over
+    both forwards and added to the total; ``net`` is the bare model whose routing is traced (``model``
+    may be its DistributedDataParallel wrapper).
     """
-    logits = model(x)
-    logits_adv = model(x_adv)
+    with balance_trace(net if net is not None else model, balance) as forwards:
+        logits = model(x)
+        logits_adv = model(x_adv)
     natural = F.cross_entropy(logits, y)
     robust = _kl(logits_adv, F.softmax(logits, dim=1))
     total = natural + beta * robust
+    bal = None
+    if balance is not None:
+        b = forwards_balance_loss(forwards, balance[0])
+        total = total + balance[1] * b
+        bal = float(b.detach())
     correct = int((logits.detach().argmax(1) == y).sum())
-    return TradesLoss(total, float(natural.detach()), float(robust.detach()), correct)
+    return TradesLoss(total, float(natural.detach()), float(robust.detach()), correct, bal)
+
+
+@contextmanager
+def balance_trace(net: nn.Module, balance: tuple[str, float] | None) -> Iterator[list]:
+    """Record the routing of the forwards inside the block when a balancing loss needs it; yields the
+    list of recorded forwards (empty without ``balance``)."""
+    if balance is None:
+        yield []
+        return
+    from ..models import routing_trace
+
+    with routing_trace(net) as tr:
+        yield tr.forwards
 
 
 __all__ = ["TradesLoss", "pgd_kl", "trades_loss"]

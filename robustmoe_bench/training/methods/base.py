@@ -96,10 +96,12 @@ def trades_step(ctx: StepContext, batch: Batch, group: int | None = None) -> Ste
     cfg = ctx.config
     x, y = batch
     x_adv = pgd_kl(ctx.net, x, cfg.eps, cfg.train_steps, cfg.step_size, ctx.generator, cfg.trades_start)
-    out = trades_loss(ctx.fwd, x, y, x_adv, cfg.beta)
+    out = trades_loss(ctx.fwd, x, y, x_adv, cfg.beta, balance=cfg.balance_term(), net=ctx.net)
     update(ctx, out.total, group)
-    return StepResult({"loss": float(out.total.detach()), "natural": out.natural, "robust": out.robust},
-                      out.correct, int(y.shape[0]))
+    losses = {"loss": float(out.total.detach()), "natural": out.natural, "robust": out.robust}
+    if out.balance is not None:
+        losses["balance"] = out.balance
+    return StepResult(losses, out.correct, int(y.shape[0]))
 
 
 def update(ctx: StepContext, loss: Tensor, group: int | None = None) -> None:
