@@ -11,6 +11,10 @@ Both updates of a step use the SAME batch ``(x, y)``:
    class ``y`` to expert ``y mod N`` and to keep its scores under attack. The paper does not describe
    this class-to-expert supervision; ``alpha`` is the public code's 6 (:data:`ROUTER_ALPHA`).
 
+``r`` is always applied to the normalised image, as the model's forward applies it. (The public code's
+training step feeds its router the raw [0, 1] image for these two losses but the normalised one inside the
+model's forward; we do not copy that inconsistency.)
+
 Only models with one router network (``--router resnet`` or ``shared``) have the scores ``r``; a
 per-layer router design is a clear error.
 """
