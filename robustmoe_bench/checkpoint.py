@@ -133,16 +133,21 @@ def _sniff(path: Path) -> int:
     return n
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """Read only the metadata of a checkpoint (no tensors)."""
-    path = Path(path)
+def _read_header(path: Path) -> Any:
+    """The parsed JSON header of a safetensors file (the tensors are not read)."""
     n = _sniff(path)
     with path.open("rb") as f:
         f.seek(8)
         try:
-            header = jsonsafe.loads(f.read(n))
+            return jsonsafe.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise CheckpointError(f"{path} has a corrupt header") from None
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read only the metadata of a checkpoint (no tensors)."""
+    path = Path(path)
+    header = _read_header(path)
     raw = (header.get("__metadata__") or {}).get("robustmoe")
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file but not a robustmoe-bench checkpoint (no metadata)")
@@ -162,13 +167,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """``{name: shape}`` of every tensor in a safetensors file, from its header alone (no data read)."""
     path = Path(path)
-    n = _sniff(path)
-    with path.open("rb") as f:
-        f.seek(8)
-        try:
-            header = jsonsafe.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path} has a corrupt header") from None
+    header = _read_header(path)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt header")
     out: dict[str, tuple[int, ...]] = {}
