@@ -1,7 +1,7 @@
 """``reproduce``: a mini Table 1 of the AdvMoE paper that can be cited -- the five robust methods trained
-with several seeds, each evaluated on the same test examples with the paper's evaluation (PGD-50 with
-its public code's step, then AutoAttack standard), aggregated as mean +- std over seeds, and the paper's
-claims checked one by one.
+with several seeds, each evaluated on the same test examples with the ``table1`` suite (the ``standard``
+suite's PGD-50 and AutoAttack standard alone, plus PGD-50 with the paper's public code's step),
+aggregated as mean +- std over seeds, and the paper's claims checked one by one.
 
 Each seed is one run of the main job (:func:`robustmoe_bench.pipeline.run_pipeline`) in ``OUT/seed-<s>``
 without dissection or publishing, so a killed reproduction resumes where it stopped: finished training
@@ -49,7 +49,7 @@ class ReproduceConfig:
     preset: str = "fmnist-repro"
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
-    suite: str = "paper"
+    suite: str = "table1"
     n_examples: int = 1000
     eval_seed: int = 0
     data_root: str | None = None

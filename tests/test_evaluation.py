@@ -207,6 +207,10 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     assert [s.name for s in get_suite("standard").attacks] == ["pgd-50", "autoattack"]
     paper = get_suite("paper").attacks
     assert [s.name for s in paper] == ["pgd-50-paper", "autoattack"]
+    # the mini Table 1 runs the standard suite's attacks (same order, same settings) plus the paper's PGD-50
+    table1 = get_suite("table1").attacks
+    assert [s.name for s in table1] == ["pgd-50", "pgd-50-paper", "autoattack"]
+    assert table1[0] == get_suite("standard").attacks[0] and table1[2] == get_suite("standard").attacks[1]
     from robustmoe_bench.attacks import create_attack
     pgd = create_attack(paper[0].attack, eps=8 / 255, **dict(paper[0].hyper))
     assert pgd.steps == 50 and pgd.step_size == pytest.approx(2 / 255)  # the public code's step at 8/255
