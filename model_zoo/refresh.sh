@@ -2,7 +2,8 @@
 # Refresh the packaged Fashion-MNIST zoo from a main-job run (or one seed of `reproduce`): evaluate each of
 # its models on N test examples with SUITE, publish the leaderboard entries and (re-)add the models to the
 # zoo as fmnist-<method>.
-#   model_zoo/refresh.sh RUN_DIR [N] [SUITE]      e.g. model_zoo/refresh.sh runs/table1/seed-0 1000 standard
+#   model_zoo/refresh.sh RUN_DIR [N] [SUITE]      e.g. model_zoo/refresh.sh runs/table1/seed-0 1000 table1
+# (`reproduce`'s table1 suite is the standard suite plus the paper's PGD-50; its evaluations are reused.)
 # METHODS (environment) picks the models, default the paper's five. The description of each zoo model is
 # written from its training config.json (arch, preset, epochs, training examples, eps, seed).
 # Resumable: an evaluation that was interrupted continues from its state file.
@@ -17,6 +18,13 @@ mkdir -p "$out"
 for m in $methods; do
   ckpt=$run/models/$m/ckpt.pt
   res=$out/$m.json
+  # a run of `reproduce` already evaluated its models (OUT/seed-<s>/results): reuse that evaluation when it
+  # was made with the same suite on the same number of examples
+  prev=$run/results/$m.json
+  if [ ! -f "$res" ] && [ -f "$prev" ] && "$bin/python" -c "import json,sys; r=json.load(open(sys.argv[1])); \
+      sys.exit(0 if (r['suite'], r['n_examples']) == (sys.argv[2], int(sys.argv[3])) else 1)" "$prev" "$suite" "$n"; then
+    cp "$prev" "$res"
+  fi
   if [ ! -f "$res" ]; then
     resume=(); [ -d "$res.state" ] && resume=(--resume)
     "$bin/robustmoe-bench" evaluate "$ckpt" --suite "$suite" --n-examples "$n" --out "$res" "${resume[@]}"

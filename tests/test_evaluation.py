@@ -369,6 +369,24 @@ def test_resume_after_crash_in_process_and_refuses_other_settings(setup: dict[st
     assert res.deterministic_dict() == ref.deterministic_dict() == deterministic(out)
 
 
+def test_second_writer_to_the_same_output_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
+    from robustmoe_bench.evaluation.state import output_lock
+
+    kw = dict(suite="quick", n_examples=8, eps=EPS, batch_size=4, seed=2, data_root=setup["data"], progress=False)
+    out = tmp_path / "r.json"
+    with single_thread():
+        with output_lock(out) as lock:  # another evaluation is writing out
+            assert lock.exists()
+            with pytest.raises(ConfigError, match="another evaluation is writing .*r.json"):
+                evaluate(setup["ckpt"], out=out, **kw)
+            with pytest.raises(ConfigError, match="another evaluation"):
+                evaluate(setup["ckpt"], out=out, resume=True, **kw)
+            assert not out.exists() and not StateFolder.for_output(out).exists()  # nothing touched
+        assert not lock.exists()
+        res = evaluate(setup["ckpt"], out=out, **kw)
+    assert out.exists() and not Path(str(out) + ".lock").exists() and res.n_examples == 8
+
+
 # ------------------------------------------------------------------ torchrun sharding
 
 def free_port() -> int:

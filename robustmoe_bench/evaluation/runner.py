@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
 from ..stats import count_of, wilson
-from .state import BatchRecord, StateFolder, mask_to_str, str_to_mask
+from .state import BatchRecord, StateFolder, mask_to_str, output_lock, str_to_mask
 from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, plan, run_cascade
 
 DEFAULT_BATCH_SIZE = 100
@@ -344,9 +344,10 @@ def evaluate(
         "check_examples": check_examples,
     }
 
-    with _distributed() as (rank, world):
+    with _distributed() as (rank, world), ExitStack() as held:
         state = StateFolder(StateFolder.for_output(out), fingerprint) if out is not None else None
         if state is not None and rank == 0:
+            held.enter_context(output_lock(out))  # type: ignore[arg-type]  # one writer per output
             state.prepare(resume)
         _barrier(world)
         done = state.load_batches() if (state is not None and resume) else {}

@@ -8,6 +8,10 @@ leaves only complete files (temp + rename), so ``--resume`` reloads every finish
 the rest; each batch's attack seeds depend only on ``(seed, batch index)``, so the result is the same
 as an uninterrupted run. The folder is deleted once the results file is written.
 
+While an evaluation writes ``<out>`` it holds an exclusive lock on ``<out>.lock`` (:func:`output_lock`): a
+second evaluation to the same output stops with a clear error instead of resetting or mixing the first
+one's state.
+
 Masks are stored as strings of ``0``/``1`` (one character per example of the batch): small, exact and
 readable.
 """
@@ -17,9 +21,10 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -152,4 +157,39 @@ class StateFolder:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-__all__ = ["AttackRecord", "BatchRecord", "StateFolder", "mask_to_str", "str_to_mask"]
+@contextmanager
+def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking lock on ``<out>.lock`` for the block; the file is removed after.
+
+    Raises :class:`ConfigError` when another process holds it. The lock file is unlinked while locked, so
+    a process that opened the old file meanwhile notices (different inode) and retries on a new one."""
+    import fcntl
+
+    path = Path(str(out) + ".lock")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot create the lock file {path}: {e.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"another evaluation is writing {out} (it holds {path}); wait for it to "
+                                  "finish or choose another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue  # the holder finished and removed the file while we opened it: lock a new one
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)
+            return
+        finally:
+            os.close(fd)
+
+
+__all__ = ["AttackRecord", "BatchRecord", "StateFolder", "mask_to_str", "str_to_mask", "output_lock"]
