@@ -21,3 +21,12 @@ class CheckpointError(RobustMoEError):
 
 class ModelError(RobustMoEError):
     """A model cannot be built or does not fit the request (e.g. not an MoE model)."""
+
+
+def require_positive_int(value: object, what: str, *, optional: bool = False) -> None:
+    """Raise :class:`ConfigError` ("WHAT must be a positive integer, got ...") unless ``value`` is an
+    ``int`` >= 1 (``bool`` is not accepted); with ``optional``, ``None`` passes too."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")

@@ -390,3 +390,24 @@ def test_zoo_works_from_an_installed_wheel(tmp_path):
     assert str(site) in subprocess.run(
         [sys.executable, "-c", "import robustmoe_bench, sys; print(robustmoe_bench.__file__)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout  # the wheel, not the tree
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 2.0, "4", None])
+def test_counts_must_be_positive_integers(value):
+    from robustmoe_bench.errors import ConfigError, require_positive_int
+
+    with pytest.raises(ConfigError, match=r"^batch size must be a positive integer, got "):
+        require_positive_int(value, "batch size")
+    require_positive_int(7, "batch size")
+    require_positive_int(None, "number of examples", optional=True)
+
+
+def test_evaluate_refuses_a_bad_batch_size_before_loading_anything(tmp_path):
+    from robustmoe_bench.errors import ConfigError
+    from robustmoe_bench.evaluation import evaluate
+
+    missing = tmp_path / "no-such-ckpt.pt"  # never opened: the count is checked first
+    for kw, msg in [(dict(batch_size=0), "batch size"), (dict(n_examples=False), "number of examples")]:
+        with pytest.raises(ConfigError, match=f"{msg} must be a positive integer"):
+            evaluate(missing, suite="quick", out=tmp_path / "r.json", progress=False, **kw)
+    assert list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, require_positive_int
 
 #: A pathway to force: MoE layer name (or ``"*"`` for every layer) -> ``[B]`` or ``[B, k]`` long experts.
 Pathway = Mapping[str, Tensor]
@@ -282,8 +282,7 @@ class HookAdapter(RoutingAdapter):
             rx = re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"--router-modules {pattern!r} is not a valid regular expression: {e}") from None
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"--router-top-k must be a positive integer, got {top_k!r}")
+        require_positive_int(top_k, "--router-top-k")
         mods = [(n, m) for n, m in model.named_modules() if n and rx.fullmatch(n)]
         if not mods:
             some = ", ".join(n for n, _ in list(model.named_modules())[1:9])

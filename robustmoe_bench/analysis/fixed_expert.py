@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 
 from ..checkpoint import atomic_write_bytes
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, require_positive_int
 from ..stats import wilson
 
 SCHEMA_VERSION = 1
@@ -94,12 +94,9 @@ def fixed_expert_eval(
     from ..evaluation.runner import _load_model, resolve_eps
     from ..models import force_routing
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"--steps must be a positive integer, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1):
-        raise ConfigError(f"number of examples must be a positive integer, got {n_examples!r}")
+    require_positive_int(steps, "--steps")
+    require_positive_int(batch_size, "batch size")
+    require_positive_int(n_examples, "number of examples", optional=True)
     if out is not None and Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as fixed_experts.json")
     model, _, ckpt_path, sha = _load_model(model_or_ckpt, device)

@@ -33,7 +33,7 @@ import torch
 
 from ..checkpoint import atomic_write_bytes
 from ..data.corruptions import CORRUPTION_NAMES, SEVERITIES, corrupt
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, require_positive_int
 from ..stats import wilson
 from .suites import derive_seed
 
@@ -114,10 +114,8 @@ def evaluate_corruptions(
     sevs = list(SEVERITIES if severities is None else severities)
     if not sevs or any(s not in SEVERITIES for s in sevs):
         raise ConfigError(f"severities must be among 1-5, got {sevs}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1):
-        raise ConfigError(f"number of examples must be a positive integer, got {n_examples!r}")
+    require_positive_int(batch_size, "batch size")
+    require_positive_int(n_examples, "number of examples", optional=True)
     if out is not None and Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as corruptions.json")
     from ..adapters.external import model_dataset, model_record

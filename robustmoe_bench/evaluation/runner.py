@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..config import format_eps, parse_eps
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, require_positive_int
 from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
 from ..stats import count_of, wilson
@@ -279,10 +279,8 @@ def evaluate(
 
     # -------------------------------------------------- validate everything before writing anything
     the_suite = get_suite(suite)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1):
-        raise ConfigError(f"number of examples must be a positive integer, got {n_examples!r}")
+    require_positive_int(batch_size, "batch size")
+    require_positive_int(n_examples, "number of examples", optional=True)
     if resume and out is None:
         raise ConfigError("--resume needs --out (the state lives next to the results file)")
     if out is not None and Path(out).is_dir():
