@@ -211,6 +211,7 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     table1 = get_suite("table1").attacks
     assert [s.name for s in table1] == ["pgd-50", "pgd-50-paper", "autoattack"]
     assert table1[0] == get_suite("standard").attacks[0] and table1[2] == get_suite("standard").attacks[1]
+    assert get_suite("table1").checks and not get_suite("standard").checks
     from robustmoe_bench.attacks import create_attack
     pgd = create_attack(paper[0].attack, eps=8 / 255, **dict(paper[0].hyper))
     assert pgd.steps == 50 and pgd.step_size == pytest.approx(2 / 255)  # the public code's step at 8/255

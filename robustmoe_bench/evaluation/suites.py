@@ -16,7 +16,8 @@ Built-in suites:
 * ``table1``: the mini Table 1's evaluation (``robustmoe-bench reproduce``): everything ``standard`` runs
   (PGD-50 with the usual step first, AutoAttack standard alone) plus the paper's PGD-50 (step ``eps / 4``).
   Its results therefore also serve as the ``standard`` suite's numbers (the zoo's), at the cost of one
-  more PGD-50; the worst case takes all three.
+  more PGD-50; the worst case takes all three. The gradient-masking checks run too (as in ``full``; the
+  Square check runs its own Square on the white-box survivors among the checked examples).
 * ``autoattack``: AutoAttack standard alone, on every clean-correct example: the number that is
   comparable with RobustBench's ``autoattack_acc``.
 * ``full``: PGD-50, the adaptive MoE attacks (soft-routing PGD, joint output+router loss,
@@ -132,7 +133,7 @@ _add(Suite("standard", "PGD-50, then AutoAttack standard alone (on every clean-c
 _add(Suite("paper", "the AdvMoE paper's evaluation: PGD-50 with step eps/4, and AutoAttack standard alone",
            (PGD50_PAPER, AUTOATTACK)))
 _add(Suite("table1", "the mini Table 1's evaluation: the standard suite (PGD-50, AutoAttack standard alone) plus "
-           "PGD-50 with the paper's step eps/4", (PGD50, PGD50_PAPER, AUTOATTACK)))
+           "PGD-50 with the paper's step eps/4, gradient-masking checks", (PGD50, PGD50_PAPER, AUTOATTACK), checks=True))
 _add(Suite("autoattack", "AutoAttack standard alone (comparable with RobustBench's autoattack_acc)", (AUTOATTACK,)))
 _add(Suite(
     "full",
