@@ -16,6 +16,7 @@ on the same output folder, and an interrupted evaluation resumes from its state 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,12 +170,33 @@ class _Job:
     cost: float = 1.0               # expected relative cost: the longest ready job starts first
 
 
-def _worker_init(threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this worker SIGTERM when the main job's process dies (killed, crashed),
+    so a killed job never leaves its jobs running and writing into its output folder."""
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the main job died before the request took effect
+        os._exit(1)
+
+
+def _worker_init(threads: int, parent: int) -> None:
     import os
     import sys
 
     import torch
 
+    _die_with_parent(parent)
     os.environ["TERM"] = "dumb"  # rich: no live displays in workers, plain lines only
     for stream in (sys.stdout, sys.stderr):  # lines appear as they happen, also when piped to a file
         if hasattr(stream, "reconfigure"):
@@ -202,28 +224,38 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
     console.print(f"[bold]{len(jobs)} jobs[/] on {workers} worker processes, {threads} torch thread(s) each")
     pending = list(jobs)
     running: dict[Any, tuple[_Job, float]] = {}
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        try:
-            while pending or running:
-                ready = sorted((j for j in pending if all(d in results for d in j.deps)), key=lambda j: -j.cost)
-                for job in ready[: workers - len(running)]:
-                    pending.remove(job)
-                    console.print(f"[cyan]start[/] {job.key}")
-                    running[pool.submit(job.fn, *job.args)] = (job, time.perf_counter())
-                if not running:
-                    raise RuntimeError(f"unsatisfiable job dependencies: {[j.key for j in pending]}")
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job, t0 = running.pop(fut)
-                    results[job.key] = fut.result()  # re-raises a worker's error here
-                    seconds[job.key] = round(time.perf_counter() - t0, 1)
-                    left = len(pending) + len(running)
-                    console.print(f"[green]done[/]  {job.key} in {seconds[job.key]:.0f} s ({left} job(s) left)")
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            raise
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(threads, os.getpid()))
+    finished = False
+    try:
+        while pending or running:
+            ready = sorted((j for j in pending if all(d in results for d in j.deps)), key=lambda j: -j.cost)
+            for job in ready[: workers - len(running)]:
+                pending.remove(job)
+                console.print(f"[cyan]start[/] {job.key}")
+                running[pool.submit(job.fn, *job.args)] = (job, time.perf_counter())
+            if not running:
+                raise RuntimeError(f"unsatisfiable job dependencies: {[j.key for j in pending]}")
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                job, t0 = running.pop(fut)
+                results[job.key] = fut.result()  # re-raises a worker's error here
+                seconds[job.key] = round(time.perf_counter() - t0, 1)
+                left = len(pending) + len(running)
+                console.print(f"[green]done[/]  {job.key} in {seconds[job.key]:.0f} s ({left} job(s) left)")
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            # an error, Ctrl-C or SIGTERM-turned-exception: stop the other jobs now instead of waiting for
+            # them (an evaluation can run for an hour); their state files let a re-run resume
+            procs = list((getattr(pool, "_processes", None) or {}).values())  # CPython's worker handles
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.join(timeout=10)
     return results
 
 

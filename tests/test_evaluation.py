@@ -208,9 +208,10 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     paper = get_suite("paper").attacks
     assert [s.name for s in paper] == ["pgd-50-paper", "autoattack"]
     # the mini Table 1 runs the standard suite's attacks (same order, same settings) plus the paper's PGD-50
+    # (AutoAttack as its four attacks, as in full: the masking checks then see APGD-T and FAB-T as white-box)
     table1 = get_suite("table1").attacks
-    assert [s.name for s in table1] == ["pgd-50", "pgd-50-paper", "autoattack"]
-    assert table1[0] == get_suite("standard").attacks[0] and table1[2] == get_suite("standard").attacks[1]
+    assert [s.name for s in table1] == ["pgd-50", "pgd-50-paper", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert table1[0] == get_suite("standard").attacks[0] and table1[2:] == get_suite("full").attacks[-4:]
     assert get_suite("table1").checks and not get_suite("standard").checks
     from robustmoe_bench.attacks import create_attack
     pgd = create_attack(paper[0].attack, eps=8 / 255, **dict(paper[0].hyper))
@@ -386,6 +387,9 @@ def test_second_writer_to_the_same_output_is_refused(setup: dict[str, Path], tmp
         assert not lock.exists()
         res = evaluate(setup["ckpt"], out=out, **kw)
     assert out.exists() and not Path(str(out) + ".lock").exists() and res.n_examples == 8
+    with single_thread():  # an output in a folder that does not exist yet (as the main job's results/)
+        evaluate(setup["ckpt"], out=tmp_path / "new" / "r.json", **kw)
+    assert (tmp_path / "new" / "r.json").exists()
 
 
 # ------------------------------------------------------------------ torchrun sharding

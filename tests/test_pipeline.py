@@ -3,6 +3,7 @@ leaderboard entries and the comparison table, with the numbers cross-checked bet
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,78 @@ def test_main_job_from_zoo_verifies_and_uses_the_packaged_models(tmp_path, capsy
         assert r["checkpoint_sha256"] == zm.sha256 == sha256_file(weights_path(zm))
         assert r["n_examples"] == 8 and r["training"]["method"] == m
     assert (out / "dissect" / "at-moe" / "dissect.json").exists() and res["entries"] == {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has finished
+
+
+def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 120) -> list[int]:
+    import time
+
+    t0 = time.monotonic()
+    while len(list(pid_dir.iterdir())) < n:
+        assert time.monotonic() - t0 < timeout, "workers did not start their jobs"
+        time.sleep(0.2)
+    return [int(p.name) for p in pid_dir.iterdir()]
+
+
+def test_a_failing_job_stops_the_other_workers_at_once(tmp_path):
+    """One job fails while another would run for minutes: the error comes back promptly and no worker
+    is left running (an hour-long evaluation must not outlive the job that started it)."""
+    import multiprocessing
+    import time
+
+    from helpers_jobs import failing_job, sleep_job
+    from rich.console import Console
+
+    from robustmoe_bench.pipeline import _Job, _run_jobs
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    jobs = [_Job("long", sleep_job, (600, str(pids)), cost=2.0), _Job("bad", failing_job, (3.0,))]
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="this job failed"):
+        _run_jobs(jobs, 2, Console(quiet=True), {})
+    assert time.monotonic() - t0 < 120  # not the 600 s of the other job
+    [worker] = [int(p.name) for p in pids.iterdir()]
+    assert not _alive(worker) and multiprocessing.active_children() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killing_the_main_job_kills_its_workers(tmp_path):
+    """SIGKILL on the main job's process (no clean-up code runs): its workers die with it instead of
+    running on as orphans and writing into the output folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from helpers_jobs import sleep_job\n"
+        "from rich.console import Console\n"
+        "from robustmoe_bench.pipeline import _Job, _run_jobs\n"
+        "_run_jobs([_Job(k, sleep_job, (600, sys.argv[2])) for k in 'ab'], 2, Console(quiet=True), {})\n"
+    )
+    main = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(pids)])
+    try:
+        workers = _wait_for_pids(pids, 2)
+        assert all(_alive(p) for p in workers)
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait(timeout=30)
+        t0 = time.monotonic()
+        while any(_alive(p) for p in workers) and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers), "workers outlived the killed main job"
+    finally:
+        main.kill()
+        for p in (int(q.name) for q in pids.iterdir()):
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -166,6 +166,7 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[Path]:
     import fcntl
 
     path = Path(str(out) + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)  # as the state folder next to it would be
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
