@@ -248,8 +248,9 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
         if finished:
             pool.shutdown(wait=True)
         else:
-            # an error, Ctrl-C or SIGTERM-turned-exception: stop the other jobs now instead of waiting for
-            # them (an evaluation can run for an hour); their state files let a re-run resume
+            # a job failed or Ctrl-C: stop the other jobs now instead of waiting for them (an evaluation
+            # can run for an hour); their state files let a re-run resume. (A killed main process takes
+            # its workers with it through _die_with_parent.)
             procs = list((getattr(pool, "_processes", None) or {}).values())  # CPython's worker handles
             pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
