@@ -56,19 +56,21 @@ def test_measured_ordinary_models_pass_that_the_old_rule_flagged() -> None:
     results as recorded in robustmoe_bench/zoo_registry.json up to commit 78a8b8a, before the zoo was
     refreshed): Square broke 1 of the 29 white-box survivors (at-dense) and 2 of 17 (at-moe) among the 64
     checked, i.e. 1.6 and 3.1 pp: both flagged by the old '1 pp of n' rule, both ordinary for the binomial
-    rule. So does a case like the issue's: 3 of 130 survivors at n = 200. The refreshed zoo's ordinary AT
-    models pass every check as recorded."""
+    rule. So does a case like the issue's: 3 of 130 survivors at n = 200, and AT(MoE) of the mini Table 1's
+    seed 0: 11 of 124 at n = 1000. The zoo's models (now that seed's five, table1 suite with the checks,
+    n = 1000) pass every check as recorded."""
     import json
 
     for k, m in ((1, 29), (2, 17)):  # the measurements this test rests on
         assert not count_rule(k, m, SQUARE_P0)["flagged"]
         assert 100 * k / 64 > 1.0  # what the old rule did with it
-    assert not count_rule(3, 130, SQUARE_P0)["flagged"]
+    assert not count_rule(3, 130, SQUARE_P0)["flagged"] and not count_rule(11, 124, SQUARE_P0)["flagged"]
     reg = json.loads((REPO / "robustmoe_bench" / "zoo_registry.json").read_text())["models"]
-    for name in ("fmnist-at-dense", "fmnist-at-sdense", "fmnist-at-moe", "fmnist-advmoe"):
+    checks = {"eps_increase", "square_vs_whitebox", "zero_gradients", "deterministic_routing"}
+    for name in ("fmnist-at-dense", "fmnist-at-sdense", "fmnist-at-sparse", "fmnist-at-moe", "fmnist-advmoe"):
         res = reg[name]["results"]
-        assert res["n_examples"] >= 200 and not res["unreliable"], name
-        assert all(f["passed"] for f in res["flags"].values()), name
+        assert res["n_examples"] >= 1000 and not res["unreliable"], name
+        assert set(res["flags"]) == checks and all(f["passed"] for f in res["flags"].values()), name
 
 
 def test_square_check_end_to_end_on_masks() -> None:
