@@ -257,6 +257,11 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
                 p.terminate()
             for p in procs:
                 p.join(timeout=10)
+            # the executor's manager thread reaps the same workers: wait for it too, so that no worker
+            # handle is left behind when the error reaches the caller (joining it alone raced with it)
+            manager = getattr(pool, "_executor_manager_thread", None)
+            if manager is not None:
+                manager.join(timeout=10)
     return results
 
 
