@@ -1,35 +1,55 @@
 #!/usr/bin/env bash
-# Refresh the packaged Fashion-MNIST zoo from a main-job run (or one seed of `reproduce`): evaluate each of
-# its models on N test examples with SUITE, publish the leaderboard entries and (re-)add the models to the
-# zoo as fmnist-<method>.
+# Refresh the packaged Fashion-MNIST zoo from a main-job run (or one seed of `reproduce`), or from a `sweep`
+# of top-k designs: evaluate each of its models on N test examples with SUITE, publish the leaderboard
+# entries and (re-)add the models to the zoo.
 #   model_zoo/refresh.sh RUN_DIR [N] [SUITE]      e.g. model_zoo/refresh.sh runs/table1/seed-0 1000 table1
-# (`reproduce`'s table1 suite is the standard suite plus the paper's PGD-50; its evaluations are reused.)
-# METHODS (environment) picks the models, default the paper's five. The description of each zoo model is
-# written from its training config.json (arch, preset, epochs, training examples, eps, seed).
-# Resumable: an evaluation that was interrupted continues from its state file.
+#   model_zoo/refresh.sh SWEEP_DIR [N] [SUITE]    e.g. model_zoo/refresh.sh benchmarks/results/topk-designs 1000 full
+# A run folder's models (RUN_DIR/models/<m>) become fmnist-<m>; METHODS (environment) picks them, default
+# the paper's five. A sweep folder's cells (SWEEP_DIR/cells/<cell>, e.g. conv_N4_k2) become
+# fmnist-<method>-<cell> in lower case with "_" written as "-"; CELLS (environment) picks them, default every cell.
+# Evaluations already made with the same suite on the same number of examples are reused (`reproduce`'s
+# OUT/seed-<s>/results/<m>.json, a sweep's cells/<cell>/eval.json). CORRUPTIONS=1 (environment) also
+# evaluates the 15 x 5 common corruptions on the same N examples and adds corruptions_acc to each entry.
+# The description of each zoo model is written from its training config.json (arch, preset, epochs,
+# training examples, eps, seed). Resumable: an interrupted evaluation continues from its state file.
 set -euo pipefail
 run=${1:?usage: model_zoo/refresh.sh RUN_DIR [N] [SUITE]}
 n=${2:-1000}
 suite=${3:-standard}
 bin=${BIN:-.venv/bin}
-methods=${METHODS:-at-dense at-sdense at-sparse at-moe advmoe}
 out=$run/zoo-eval-$suite-$n
 mkdir -p "$out"
-for m in $methods; do
-  ckpt=$run/models/$m/ckpt.pt
-  res=$out/$m.json
-  # a run of `reproduce` already evaluated its models (OUT/seed-<s>/results): reuse that evaluation when it
-  # was made with the same suite on the same number of examples
-  prev=$run/results/$m.json
+
+# reuse PREV as RES when it was made with SUITE on N examples
+reuse() {
+  local prev=$1 res=$2
   if [ ! -f "$res" ] && [ -f "$prev" ] && "$bin/python" -c "import json,sys; r=json.load(open(sys.argv[1])); \
       sys.exit(0 if (r['suite'], r['n_examples']) == (sys.argv[2], int(sys.argv[3])) else 1)" "$prev" "$suite" "$n"; then
     cp "$prev" "$res"
   fi
+}
+
+# evaluate CKPT into RES with SUITE (resuming an interrupted evaluation)
+evaluate() {
+  local ckpt=$1 res=$2 s=$3
   if [ ! -f "$res" ]; then
-    resume=(); [ -d "$res.state" ] && resume=(--resume)
-    "$bin/robustmoe-bench" evaluate "$ckpt" --suite "$suite" --n-examples "$n" --out "$res" "${resume[@]}"
+    local resume=(); [ -d "$res.state" ] && resume=(--resume)
+    "$bin/robustmoe-bench" evaluate "$ckpt" --suite "$s" --n-examples "$n" --out "$res" "${resume[@]}"
   fi
-  desc=$("$bin/python" - "$run/models/$m/config.json" <<'PY'
+}
+
+# refresh one zoo model: NAME CKPT CONFIG PREV_RESULTS
+refresh() {
+  local name=$1 ckpt=$2 config=$3 prev=$4
+  local res=$out/$name.json corr=()
+  reuse "$prev" "$res"
+  evaluate "$ckpt" "$res" "$suite"
+  if [ "${CORRUPTIONS:-0}" = 1 ]; then
+    evaluate "$ckpt" "$out/$name-corruptions.json" corruptions
+    corr=(--corruptions "$out/$name-corruptions.json")
+  fi
+  local desc preset
+  desc=$("$bin/python" - "$config" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 moe = f" ({c['moe']} MoE, top-{c['k'] or 1} of {c['experts']} experts)" if c.get("moe") else ""
@@ -37,10 +57,24 @@ print(f"{c['arch']} {c['method']}{moe}, {c['preset']} preset ({c['epochs']} epoc
       f"eps {c['eps_str']}, seed {c['seed']}), trained by robustmoe-bench")
 PY
 )
-  preset=$("$bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['preset'])" "$run/models/$m/config.json")
-  "$bin/robustmoe-bench" leaderboard publish "$res" --name "robustmoe-fmnist-$m" --force \
-    --title "$m on fashion-mnist (robustmoe-bench, $preset preset)" --authors robustmoe-bench --venue robustmoe-bench
-  "$bin/robustmoe-bench" zoo add "fmnist-$m" "$ckpt" --results "$res" --force \
-    --leaderboard "leaderboards/fashion-mnist/Linf/robustmoe-fmnist-$m.json" --description "$desc"
-done
+  preset=$("$bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['preset'])" "$config")
+  "$bin/robustmoe-bench" leaderboard publish "$res" --name "robustmoe-fmnist-${name#fmnist-}" --force "${corr[@]}" \
+    --title "${name#fmnist-} on fashion-mnist (robustmoe-bench, $preset preset)" --authors robustmoe-bench --venue robustmoe-bench
+  "$bin/robustmoe-bench" zoo add "$name" "$ckpt" --results "$res" --force \
+    --leaderboard "leaderboards/fashion-mnist/Linf/robustmoe-fmnist-${name#fmnist-}.json" --description "$desc"
+}
+
+if [ -d "$run/cells" ]; then
+  method=$("$bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['config']['method'])" "$run/sweep.json")
+  cells=${CELLS:-$(cd "$run/cells" && ls -d -- */ | tr -d /)}
+  for c in $cells; do
+    [ "$c" = dense ] && continue
+    lc=${c,,}; refresh "fmnist-$method-${lc//_/-}" "$run/cells/$c/train/ckpt.pt" "$run/cells/$c/train/config.json" \
+      "$run/cells/$c/eval.json"
+  done
+else
+  for m in ${METHODS:-at-dense at-sdense at-sparse at-moe advmoe}; do
+    refresh "fmnist-$m" "$run/models/$m/ckpt.pt" "$run/models/$m/config.json" "$run/results/$m.json"
+  done
+fi
 "$bin/robustmoe-bench" leaderboard build

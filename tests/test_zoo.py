@@ -238,3 +238,42 @@ def test_concurrent_adds_lose_no_model(tiny_ckpt, tmp_path):
     assert [m.name for m in zoo_models(zoo)] == names
     for n in names:
         assert load_model(n, root=zoo) is not None
+
+
+def test_refresh_script_publishes_a_sweep_of_topk_designs(tmp_path):
+    """model_zoo/refresh.sh on a real (tiny) sweep folder: the cell's evaluation is reused (same suite
+    and n), the corruption suite runs, and the cell becomes zoo model fmnist-<method>-<cell> with a
+    leaderboard entry that carries corruptions_acc — in the zoo and leaderboard folders given, not ours."""
+    import os
+    import subprocess
+    import sys
+
+    from test_dissect import write_fmnist
+
+    repo = Path(__file__).resolve().parents[1]
+    write_fmnist(tmp_path / "data" / "fashion-mnist", n_test=8, n_train=16)
+    sweep = tmp_path / "sweep"
+    argv = ["sweep", "--design", "conv", "--experts", "2", "--k", "2", "--method", "at-moe", "--preset", "fmnist-mini",
+            "--arch", "resnet-tiny", "--epochs", "1", "--subset", "8", "--batch-size", "8", "--set", "holdout=4",
+            "--set", "eval_steps=1", "--set", "train_steps=1", "--suite", "standard", "--n-examples", "4",
+            "--data-root", str(tmp_path / "data" / "fashion-mnist"), "--out", str(sweep), "--no-dense"]
+    assert run(argv) == 0
+    cell_eval = json.loads((sweep / "cells" / "conv_N2_k2" / "eval.json").read_text())
+    env = dict(os.environ, BIN=str(Path(sys.executable).parent), ROBUSTMOE_ZOO=str(tmp_path / "zoo"),
+               ROBUSTMOE_DATA=str(tmp_path / "data"), CORRUPTIONS="1", OMP_NUM_THREADS="1")
+    (tmp_path / "zoo").mkdir()
+    proc = subprocess.run(["bash", str(repo / "model_zoo" / "refresh.sh"), str(sweep), "4", "standard"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = sweep / "zoo-eval-standard-4"
+    assert json.loads((res / "fmnist-at-moe-conv-n2-k2.json").read_text()) == cell_eval  # reused, not re-run
+    corr = json.loads((res / "fmnist-at-moe-conv-n2-k2-corruptions.json").read_text())
+    assert corr["n_examples"] == 4 and len(corr["accuracy"]) == 15
+    entry = json.loads((tmp_path / "leaderboards" / "fashion-mnist" / "Linf"
+                        / "robustmoe-fmnist-at-moe-conv-n2-k2.json").read_text())
+    assert entry["corruptions_acc"] == f"{corr['corruptions_acc']:.2f}"
+    assert entry["clean_acc"] == f"{cell_eval['clean_acc']:.2f}"
+    rec = get_zoo_model("fmnist-at-moe-conv-n2-k2", root=tmp_path / "zoo")
+    assert rec.model["moe"] == "conv" and rec.model["k"] == 2 and rec.results == cell_eval
+    assert "conv MoE, top-2 of 2 experts" in rec.description
+    assert (tmp_path / "leaderboards" / "README.md").is_file()
