@@ -271,18 +271,45 @@ _TRAIN_COST = {"advmoe": 8.0, "advmoe-public": 8.0, "at-moe": 4.0, "at-dense": 2
 
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> PipelineResult:
     """Run the main job into ``cfg.out``; see the module docstring."""
-    from .leaderboard import build, publish_results
+    return run_pipelines([cfg], console)[0]
 
+
+def run_pipelines(cfgs: list[PipelineConfig], console: Console | None = None) -> list[PipelineResult]:
+    """Run several main jobs (e.g. one per training seed) as one dependency graph on the first config's
+    workers, so a job of one run starts as soon as a worker is free instead of after the previous run's
+    last job; then finish each run (leaderboard, comparison) as :func:`run_pipeline` does."""
     console = console or Console()
     t_start = time.perf_counter()
+    workers = cfgs[0].resolved_workers()
+    progress = workers <= 1  # live bars only when one process owns the terminal
+    tags = [""] if len(cfgs) == 1 else [f"{Path(c.out).name}/" for c in cfgs]
+    if len(set(tags)) != len(tags) or len({str(Path(c.out).resolve()) for c in cfgs}) != len(cfgs):
+        raise ConfigError("each run needs its own output folder (with its own name)")
+    plans = [_plan(cfg, console, progress) for cfg in cfgs]
+    jobs = _merge_jobs(tags, [js for _, js, _ in plans])
+    seconds: dict[str, float] = {}
+    done = _run_jobs(jobs, workers, console, seconds)
+    out = []
+    for tag, cfg, (res, js, moe) in zip(tags, cfgs, plans):
+        keys = [j.key for j in js]
+        res.seconds.update({k: seconds[tag + k] for k in keys if tag + k in seconds})
+        out.append(_finish(cfg, res, {k: done[tag + k] for k in keys}, moe, console, t_start, tag.rstrip("/")))
+    return out
+
+
+def _merge_jobs(tags: list[str], job_lists: list[list[_Job]]) -> list[_Job]:
+    """One graph of several runs' jobs: keys and dependencies prefixed with the run's tag, so a job only
+    waits for jobs of its own run."""
+    return [_Job(tag + j.key, j.fn, j.args, tuple(tag + d for d in j.deps), j.cost)
+            for tag, js in zip(tags, job_lists) for j in js]
+
+
+def _plan(cfg: PipelineConfig, console: Console, progress: bool) -> tuple[PipelineResult, list[_Job], list[str]]:
+    """Steps 1-3 of the main job as jobs (the zoo's checksums are verified here)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "pipeline.json", json.dumps(asdict(cfg), indent=2, default=str).encode())
-    board_root = Path(cfg.leaderboard_root) if cfg.leaderboard_root else out / "leaderboards"
     res = PipelineResult()
-    sec = res.seconds
-    workers = cfg.resolved_workers()
-    progress = workers <= 1  # live bars only when one process owns the terminal
 
     # 1. models: the zoo's (checksums verified) or training jobs
     jobs: list[_Job] = []
@@ -317,7 +344,17 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
         deps = tuple(k for k in (f"train:{method}", "train:at-sparse") if k in trained)
         jobs.append(_Job(f"dissect:{method}", _job_dissect, (cfg, method, res.checkpoints[method], sparse_ckpt),
                          deps, 0.5))
-    done = _run_jobs(jobs, workers, console, sec)
+    return res, jobs, moe
+
+
+def _finish(cfg: PipelineConfig, res: PipelineResult, done: dict[str, Any], moe: list[str], console: Console,
+            t_start: float, label: str = "") -> PipelineResult:
+    """Steps 4-5 of the main job, once its jobs are ``done``."""
+    from .leaderboard import build, publish_results
+
+    out = Path(cfg.out)
+    board_root = Path(cfg.leaderboard_root) if cfg.leaderboard_root else out / "leaderboards"
+    sec = res.seconds
     for method in moe:
         d = done[f"dissect:{method}"]
         res.dissections[method] = d["dissect"]
@@ -348,7 +385,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     md = out / "comparison.md"
     atomic_write_bytes(md, table.to_markdown().encode())
     res.comparison = str(md)
-    console.rule("comparison")
+    console.rule(f"comparison {label}".strip())
     console.print(table.compact().to_rich(console.width))  # headline columns; every attack's column is in comparison.md
     console.print(f"every attack's accuracy: {md}")
     sec["total"] = round(time.perf_counter() - t_start, 1)

@@ -3,10 +3,12 @@ with several seeds, each evaluated on the same test examples with the ``table1``
 suite's PGD-50 and AutoAttack standard alone, plus PGD-50 with the paper's public code's step),
 aggregated as mean +- std over seeds, and the paper's claims checked one by one.
 
-Each seed is one run of the main job (:func:`robustmoe_bench.pipeline.run_pipeline`) in ``OUT/seed-<s>``
-without dissection or publishing, so a killed reproduction resumes where it stopped: finished training
-runs and evaluations are reused, an interrupted training or evaluation continues from its state. Every
-seed evaluates the same test subset (``eval_seed``), so seeds differ only in training.
+Each seed is one run of the main job in ``OUT/seed-<s>`` without dissection or publishing, and the jobs of
+all seeds form one dependency graph (:func:`robustmoe_bench.pipeline.run_pipelines`): a free worker takes
+the next job of any seed, so ``--workers`` up to 5 x seeds are used and no seed waits for the previous
+one's last evaluation. A killed reproduction resumes where it stopped: finished training runs and
+evaluations are reused, an interrupted training or evaluation continues from its state. Every seed
+evaluates the same test subset (``eval_seed``), so seeds differ only in training.
 
 Claims (the paper's Table 1 and its text), each judged on robust accuracy RA = the per-example worst case
 of the suite:
@@ -34,7 +36,7 @@ from rich.console import Console
 
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
-from .pipeline import METHODS, PipelineConfig, run_pipeline
+from .pipeline import METHODS, PipelineConfig, run_pipelines
 
 WORST = "worst_case"
 LABELS = {"at-dense": "AT (Dense)", "at-sdense": "AT (S-Dense)", "at-sparse": "AT (Sparse)", "at-moe": "AT (MoE)",
@@ -179,12 +181,12 @@ def reproduce(cfg: ReproduceConfig, console: Console | None = None) -> dict[str,
     t0 = time.perf_counter()
     out = Path(cfg.out)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
-    for seed in cfg.seeds:
-        console.rule(f"seed {seed}")
-        res = run_pipeline(PipelineConfig(
-            out=str(out / f"seed-{seed}"), preset=cfg.preset, methods=cfg.methods, suite=cfg.suite,
-            n_examples=cfg.n_examples, seed=seed, eval_seed=cfg.eval_seed, dissect=False, publish=False,
-            data_root=cfg.data_root, workers=cfg.workers), console)
+    # every seed's jobs in one graph: a free worker takes the next job of any seed (no idle tail per seed)
+    runs = run_pipelines([PipelineConfig(
+        out=str(out / f"seed-{seed}"), preset=cfg.preset, methods=cfg.methods, suite=cfg.suite,
+        n_examples=cfg.n_examples, seed=seed, eval_seed=cfg.eval_seed, dissect=False, publish=False,
+        data_root=cfg.data_root, workers=cfg.workers) for seed in cfg.seeds], console)
+    for res in runs:
         for m in cfg.methods:
             results[m].append(json.loads(Path(res.results[m]).read_text()))
     stats = aggregate(results)

@@ -164,3 +164,26 @@ def test_killing_the_main_job_kills_its_workers(tmp_path):
         for p in (int(q.name) for q in pids.iterdir()):
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_several_runs_form_one_graph(tmp_path):
+    """`reproduce`'s seeds as one job graph: every job keeps its dependencies inside its own run (seed 1's
+    at-sparse waits for seed 1's at-dense, never for seed 0's jobs), so a free worker can take any seed's
+    next job; two runs into one folder are refused."""
+    from rich.console import Console
+
+    from robustmoe_bench.errors import ConfigError
+    from robustmoe_bench.pipeline import PipelineConfig, _merge_jobs, _plan, run_pipelines
+
+    cfgs = [PipelineConfig(out=str(tmp_path / f"seed-{s}"), seed=s, dissect=False, publish=False) for s in (0, 1)]
+    plans = [_plan(c, Console(quiet=True), False)[1] for c in cfgs]
+    jobs = {j.key: j for j in _merge_jobs(["seed-0/", "seed-1/"], plans)}
+    assert len(jobs) == 2 * len(plans[0]) == 20
+    assert jobs["seed-1/train:at-sparse"].deps == ("seed-1/train:at-dense",)
+    assert jobs["seed-1/evaluate:advmoe"].deps == ("seed-1/train:advmoe",)
+    assert jobs["seed-1/evaluate:advmoe"].args[0].seed == 1 and jobs["seed-0/evaluate:advmoe"].args[0].seed == 0
+    for key, job in jobs.items():
+        assert all(d.split("/")[0] == key.split("/")[0] and d in jobs for d in job.deps), key
+    same = [PipelineConfig(out=str(tmp_path / "a" / "seed-0")), PipelineConfig(out=str(tmp_path / "b" / "seed-0"))]
+    with pytest.raises(ConfigError, match="its own output folder"):
+        run_pipelines(same, Console(quiet=True))
