@@ -164,11 +164,20 @@ def test_publish_corruption_entry_and_corruptions_acc_on_an_linf_entry(trained, 
     # beside an Linf entry of the same checkpoint (the sha must agree)
     sha = json.loads(corr.read_text())["checkpoint_sha256"]
     linf = tmp_path / "linf.json"
-    linf.write_text(json.dumps(make_results(dataset="fashion-mnist", eps=0.1, eps_str="0.1", checkpoint_sha256=sha)))
+    model = dict(make_results()["model"], arch="resnet-tiny", experts=3, moe="conv", k=2, dataset="fashion-mnist")
+    linf.write_text(json.dumps(make_results(dataset="fashion-mnist", eps=0.1, eps_str="0.1", checkpoint_sha256=sha,
+                                            model=model)))
     assert run(["leaderboard", "publish", str(linf), "--name", "ConvMoE-top2", "--root", str(root),
                 "--corruptions", str(corr)]) == 0
     e2 = json.loads((root / "fashion-mnist" / "Linf" / "ConvMoE-top2.json").read_text())
     assert e2["corruptions_acc"] == f"{res.corruptions_acc:.2f}" and e2["autoattack_acc"] == "57.40"
+    assert e2["robustmoe_moe"] == "conv" and e2["robustmoe_k"] == 2
+    # the Linf table shows the corruption result and the full-copy design with its k
+    from robustmoe_bench.leaderboard import build
+
+    build(root)
+    (row,) = [ln for ln in (root / "README.md").read_text().splitlines() if "ConvMoE-top2" in ln and "57.40%" in ln]
+    assert f"| {res.corruptions_acc:.2f}% |" in row and "| ConvMoE N=3, top-2 |" in row
     n, problems = validate_root(root)
     assert n == 2 and not [p for p in problems if not p.warning]
     board = load_board(root)

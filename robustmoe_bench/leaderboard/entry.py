@@ -195,6 +195,8 @@ class MoEExtras:
     intervals: Optional[dict[str, tuple[float, float]]] = None
     attacks: Optional[dict[str, tuple[Optional[float], Optional[float]]]] = None
     flags: Optional[dict[str, tuple[bool, str]]] = None
+    moe: Optional[str] = None  # full-copy expert design ("conv", "block"); None for channel-slice experts
+    k: Optional[int] = None  # experts per input of a full-copy design's top-k gate
 
     def to_json_dict(self) -> dict[str, Any]:
         def acc(v: Optional[float]) -> Optional[str]:
@@ -230,6 +232,8 @@ class MoEExtras:
             items.append(("attacks", {k: {"cascade": acc(c), "alone": acc(a)} for k, (c, a) in self.attacks.items()}))
         if self.flags is not None:
             items.append(("flags", {k: {"passed": bool(p), "evidence": str(ev)} for k, (p, ev) in self.flags.items()}))
+        if self.moe is not None:
+            items += [("moe", self.moe), ("k", self.k)]
         return {EXTRA_PREFIX + k: v for k, v in items}
 
     @classmethod
@@ -274,6 +278,7 @@ class MoEExtras:
                     None if v.get("alone") is None else parse_acc(v["alone"], f"attack {k} alone"))
                 for k, v in atk.items()},
             flags=None if flags is None else {k: (f["passed"], f["evidence"]) for k, f in flags.items()},
+            moe=g("moe", Optional[str]), k=g("k", Optional[int]),
         )
 
 
@@ -644,6 +649,8 @@ def entry_from_results(
         intervals=intervals,
         attacks=per_attack or None,
         flags=flags or None,
+        moe=str(model["moe"]) if kind == "moe" and model.get("moe") in ("conv", "block") else None,
+        k=int(model.get("k") or 1) if kind == "moe" and model.get("moe") in ("conv", "block") else None,
     )
 
     notes = [footnote] if footnote else []

@@ -131,6 +131,9 @@ def _moe_cell(e: LeaderboardEntry) -> str:
     x = e.extras
     if x is None:
         return ""
+    if x.kind == "moe" and x.moe is not None:  # full-copy experts: the design and the gate's k
+        design = {"conv": "ConvMoE", "block": "BlockMoE"}.get(x.moe, x.moe)
+        return f"{design} N={x.experts}, top-{x.k}"
     if x.kind == "moe":
         return f"N={x.experts}, r={x.scale:g}, {x.router}"
     if x.kind in ("sdense", "sparse"):
@@ -165,6 +168,7 @@ def _columns(r: Ranked) -> dict[str, str]:
         "PGD-50": "" if x is None else _acc_ci(e, "pgd50_acc", x.pgd50_acc),
         "n": n_label(e),
         "Router robustness": _router_robustness(e),
+        "Corruptions": _acc(e.corruptions.get("corruptions_acc")),  # an l_p entry may carry its corruption result
         "Method": "" if x is None or x.method is None else x.method,
         "MoE": _moe_cell(e),
         "GFLOPs": "" if x is None or x.gflops_total is None else f"{x.gflops_total:.4g}",
