@@ -57,8 +57,8 @@ def test_measured_ordinary_models_pass_that_the_old_rule_flagged() -> None:
     refreshed): Square broke 1 of the 29 white-box survivors (at-dense) and 2 of 17 (at-moe) among the 64
     checked, i.e. 1.6 and 3.1 pp: both flagged by the old '1 pp of n' rule, both ordinary for the binomial
     rule. So does a case like the issue's: 3 of 130 survivors at n = 200, and AT(MoE) of the mini Table 1's
-    seed 0: 11 of 124 at n = 1000. The zoo's models (now that seed's five, table1 suite with the checks,
-    n = 1000) pass every check as recorded."""
+    seed 0: 11 of 124 at n = 1000. The zoo's models (that seed's five, table1 suite with the checks,
+    n = 1000; the four full-copy top-k MoEs of issue 13, full suite, n = 500) pass every check as recorded."""
     import json
 
     for k, m in ((1, 29), (2, 17)):  # the measurements this test rests on
@@ -71,6 +71,12 @@ def test_measured_ordinary_models_pass_that_the_old_rule_flagged() -> None:
         res = reg[name]["results"]
         assert res["n_examples"] >= 1000 and not res["unreliable"], name
         assert set(res["flags"]) == checks and all(f["passed"] for f in res["flags"].values()), name
+    for name in ("fmnist-advmoe-conv-n4-k1", "fmnist-advmoe-conv-n4-k2", "fmnist-advmoe-block-n4-k1",
+                 "fmnist-advmoe-block-n4-k2"):
+        res = reg[name]["results"]
+        assert res["suite"] == "full" and res["n_examples"] >= 500 and not res["unreliable"], name
+        assert set(res["flags"]) == checks and all(f["passed"] for f in res["flags"].values()), name
+        assert res["model"]["moe"] in ("conv", "block") and res["model"]["k"] in (1, 2), name
 
 
 def test_square_check_end_to_end_on_masks() -> None:
