@@ -438,14 +438,18 @@ def skipped_attacks(results: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+#: Display names of the full-copy expert designs (``ModelSpec.moe``).
+TOPK_DESIGN_NAMES = {"conv": "ConvMoE", "block": "BlockMoE"}
+
+
 def architecture_label(model: Mapping[str, Any]) -> str:
     """A human architecture string from a model-spec dict, e.g. ``"ResNet-18 MoE (N=2, r=0.5, layer router)"``."""
     arch = str(model.get("arch", "?"))
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", arch)
     base = f"WideResNet-{m.group(1)}-{m.group(2)}" if m else _ARCH_NAMES.get(arch, arch)
     kind = model.get("kind", "dense")
-    if kind == "moe" and model.get("moe") in ("conv", "block"):
-        design = {"conv": "ConvMoE", "block": "BlockMoE"}[str(model["moe"])]
+    if kind == "moe" and model.get("moe") in TOPK_DESIGN_NAMES:
+        design = TOPK_DESIGN_NAMES[str(model["moe"])]
         return f"{base} {design} (N={model.get('experts')}, top-{model.get('k', 1)})"
     if kind == "moe":
         return f"{base} MoE (N={model.get('experts')}, r={float(model.get('scale', 0)):g}, {model.get('router')} router)"
@@ -626,6 +630,7 @@ def entry_from_results(
             per_attack[grp] = (_percent(results, robust[grp], grp), _percent(results, v, f"{grp} alone"))
     flags = {str(k): (f["passed"], str(f.get("evidence", ""))) for k, f in (results.get("flags") or {}).items()}
 
+    topk = kind == "moe" and model.get("moe") in TOPK_DESIGN_NAMES
     extras = MoEExtras(
         method=method,
         kind=kind,
@@ -649,8 +654,8 @@ def entry_from_results(
         intervals=intervals,
         attacks=per_attack or None,
         flags=flags or None,
-        moe=str(model["moe"]) if kind == "moe" and model.get("moe") in ("conv", "block") else None,
-        k=int(model.get("k") or 1) if kind == "moe" and model.get("moe") in ("conv", "block") else None,
+        moe=str(model["moe"]) if topk else None,
+        k=int(model.get("k") or 1) if topk else None,
     )
 
     notes = [footnote] if footnote else []

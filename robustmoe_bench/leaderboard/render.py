@@ -30,7 +30,7 @@ from typing import Optional
 
 from ..checkpoint import atomic_write_bytes
 from ..stats import count_of, wilson
-from .entry import BenchmarkDataset, LeaderboardEntry, ThreatModel, link_problem
+from .entry import TOPK_DESIGN_NAMES, BenchmarkDataset, LeaderboardEntry, ThreatModel, link_problem
 from .validate import Problem, iter_entry_files, read_entry_file, validate_root
 
 
@@ -132,7 +132,7 @@ def _moe_cell(e: LeaderboardEntry) -> str:
     if x is None:
         return ""
     if x.kind == "moe" and x.moe is not None:  # full-copy experts: the design and the gate's k
-        design = {"conv": "ConvMoE", "block": "BlockMoE"}.get(x.moe, x.moe)
+        design = TOPK_DESIGN_NAMES.get(x.moe, x.moe)
         return f"{design} N={x.experts}, top-{x.k}"
     if x.kind == "moe":
         return f"N={x.experts}, r={x.scale:g}, {x.router}"
