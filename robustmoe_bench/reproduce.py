@@ -169,8 +169,18 @@ def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: di
         g = "-" if s.gflops is None else f"{s.gflops:.4g}"
         lines.append(f"| {s.label} | {g} | {s.clean_mean:.2f} +- {s.clean_std:.2f} | " + " | ".join(cells)
                      + f" | {s.ra_mean:.2f} +- {s.ra_std:.2f} |")
+    seeds = list(meta["seeds"])
+    lines += ["", "Per seed (SA / RA, %):", "", "| method | " + " | ".join(f"seed {x}" for x in seeds) + " |",
+              "|---|" + "---:|" * len(seeds)]
+    for s in stats.values():
+        by_seed = {r["seed"]: r for r in s.runs}
+        cells = [f"{by_seed[x]['clean_acc']:.1f} / {by_seed[x]['ra']:.1f}" if x in by_seed else "-" for x in seeds]
+        lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
     lines += ["", "## The paper's claims", ""] + [f"- {c.line()}" for c in claims]
-    lines += ["", f"Produced by `{meta['command']}` in {meta['seconds']:.0f} s."]
+    lines += ["", f"Produced by `{meta['command']}`; its last invocation took {meta['seconds']:.0f} s (a resumed "
+              f"run reuses what earlier invocations finished)."]
+    if meta.get("eval_seconds") is not None:
+        lines[-1] += f" The {sum(s.n_seeds for s in stats.values())} evaluations took {meta['eval_seconds']:.0f} s in all."
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +203,7 @@ def reproduce(cfg: ReproduceConfig, console: Console | None = None) -> dict[str,
     claims = judge(stats)
     meta = dict(preset=cfg.preset, suite=cfg.suite, seeds=list(cfg.seeds), n_examples=cfg.n_examples,
                 eval_seed=cfg.eval_seed, seconds=round(time.perf_counter() - t0, 1),
+                eval_seconds=round(sum(float(r.get("seconds") or 0.0) for rs in results.values() for r in rs), 1),
                 command=f"robustmoe-bench reproduce --out {cfg.out} --preset {cfg.preset} --seeds "
                         f"{','.join(map(str, cfg.seeds))} --n-examples {cfg.n_examples} --suite {cfg.suite}")
     doc = {"meta": meta, "methods": {m: asdict(s) for m, s in stats.items()},

@@ -13,14 +13,14 @@ from robustmoe_bench.reproduce import ReproduceConfig, aggregate, judge, render_
 from helpers_data import write_fmnist_subset
 
 
-def _res(clean: float, pgd: float, worst: float, gflops: float, n: int = 1000) -> dict:
+def _res(clean: float, pgd: float, worst: float, gflops: float, n: int = 1000, seed: int = 0) -> dict:
     return {"n_examples": n, "clean_acc": clean, "robust_acc": {"pgd-50-paper": pgd, "worst_case": worst},
-            "gflops": {"total": gflops}, "training": {"seed": 0}}
+            "gflops": {"total": gflops}, "training": {"seed": seed}}
 
 
 def test_aggregate_and_claims_follow_the_stated_rule():
     results = {
-        "at-dense": [_res(80, 50, 48, 1.0), _res(82, 52, 50, 1.0)],
+        "at-dense": [_res(80, 50, 48, 1.0), _res(82, 52, 50, 1.0, seed=1)],
         "at-sdense": [_res(76, 46, 44, 0.25), _res(76, 46, 44, 0.25)],
         "at-moe": [_res(70, 40, 40, 0.5), _res(74, 44, 42, 0.5)],
         "advmoe": [_res(78, 50, 47, 0.5), _res(80, 52, 49, 0.5)],
@@ -38,8 +38,11 @@ def test_aggregate_and_claims_follow_the_stated_rule():
     assert not c.held and c.diff == -1 and not c.exceeds_spread and "0.5 vs 1 GFLOPs" in c.text
     assert "did NOT hold" in c.line() and "does not exceed" in c.line()
     md = render_markdown(stats, list(claims.values()), dict(preset="p", suite="paper", seeds=[0, 1], n_examples=1000,
-                                                            eval_seed=0, seconds=1.0, command="x"))
+                                                            eval_seed=0, seconds=1.0, command="x",
+                                                            eval_seconds=1234.4))
     assert "| AT (Dense) | 1 | 81.00 +- 1.41 | 51.00 +- 1.41 | 49.00 +- 1.41 |" in md
+    assert "| AT (Dense) | 80.0 / 48.0 | 82.0 / 50.0 |" in md
+    assert "last invocation took 1 s" in md and "The 8 evaluations took 1234 s in all." in md
 
 
 def test_bad_configs_are_clear_errors():
