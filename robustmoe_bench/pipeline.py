@@ -167,7 +167,7 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple
     deps: tuple[str, ...] = ()
-    cost: float = 1.0               # expected relative cost: the longest ready job starts first
+    cost: float = 1.0               # expected relative cost (see _priorities)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -204,6 +204,29 @@ def _worker_init(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _priorities(jobs: list[_Job]) -> dict[str, float]:
+    """Each job's critical path: its cost plus the longest chain of jobs waiting on it. The ready job with
+    the longest critical path starts first, so a cheap job that unlocks an expensive one (a short training
+    before its hour-long evaluation) is not left for the end, where it would leave the other workers idle."""
+    children: dict[str, list[_Job]] = {j.key: [] for j in jobs}
+    for j in jobs:
+        for d in j.deps:
+            if d in children:
+                children[d].append(j)
+    rank: dict[str, float] = {}
+
+    def visit(j: _Job, depth: int = 0) -> float:
+        if j.key not in rank:
+            if depth > len(jobs):
+                raise RuntimeError(f"cyclic job dependencies at {j.key}")
+            rank[j.key] = j.cost + max((visit(c, depth + 1) for c in children[j.key]), default=0.0)
+        return rank[j.key]
+
+    for j in jobs:
+        visit(j)
+    return rank
+
+
 def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[str, float]) -> dict[str, Any]:
     """Run a dependency graph of jobs, ``workers`` at a time (1 = in this process, in order)."""
     results: dict[str, Any] = {}
@@ -223,13 +246,14 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
     threads = max(1, torch.get_num_threads() // workers)
     console.print(f"[bold]{len(jobs)} jobs[/] on {workers} worker processes, {threads} torch thread(s) each")
     pending = list(jobs)
+    rank = _priorities(jobs)
     running: dict[Any, tuple[_Job, float]] = {}
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                initargs=(threads, os.getpid()))
     finished = False
     try:
         while pending or running:
-            ready = sorted((j for j in pending if all(d in results for d in j.deps)), key=lambda j: -j.cost)
+            ready = sorted((j for j in pending if all(d in results for d in j.deps)), key=lambda j: -rank[j.key])
             for job in ready[: workers - len(running)]:
                 pending.remove(job)
                 console.print(f"[cyan]start[/] {job.key}")
@@ -265,7 +289,8 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
     return results
 
 
-# Relative costs of the jobs (measured on the fmnist-mini preset): the scheduler starts the longest first.
+# Relative costs of the jobs (measured on the fmnist-mini preset): the scheduler starts the ready job with
+# the longest critical path first (_priorities).
 _TRAIN_COST = {"advmoe": 8.0, "advmoe-public": 8.0, "at-moe": 4.0, "at-dense": 2.0, "at-sparse": 2.0, "at-sdense": 1.0, "std": 1.0}
 
 

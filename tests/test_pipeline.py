@@ -109,6 +109,40 @@ def _wait_for_pids(pid_dir: Path, n: int, timeout: float = 120) -> list[int]:
     return [int(p.name) for p in pid_dir.iterdir()]
 
 
+def test_priorities_are_critical_paths():
+    """A job's priority is its cost plus the longest chain of jobs waiting on it; a cycle is an error."""
+    from helpers_jobs import sleep_job
+
+    from robustmoe_bench.pipeline import _Job, _priorities
+
+    jobs = [_Job("train:a", sleep_job, (), (), 1.0), _Job("evaluate:a", sleep_job, (), ("train:a",), 2.0),
+            _Job("dissect:a", sleep_job, (), ("train:a", "evaluate:a"), 0.5), _Job("evaluate:b", sleep_job, (), (), 2.5)]
+    assert _priorities(jobs) == {"train:a": 3.5, "evaluate:a": 2.5, "dissect:a": 0.5, "evaluate:b": 2.5}
+    with pytest.raises(RuntimeError, match="cyclic"):
+        _priorities([_Job("x", sleep_job, (), ("y",)), _Job("y", sleep_job, (), ("x",))])
+
+
+def test_a_cheap_job_that_unlocks_an_expensive_one_starts_first(tmp_path):
+    """Two workers, three ready jobs: the cheap training whose evaluation waits on it starts before a more
+    expensive job that unlocks nothing (longest-job-first would leave it, and its evaluation, for the end)."""
+    import io
+
+    from helpers_jobs import sleep_job
+    from rich.console import Console
+
+    from robustmoe_bench.pipeline import _Job, _run_jobs
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    args = (0.2, str(pids))
+    jobs = [_Job("evaluate:x", sleep_job, args, (), 2.5), _Job("evaluate:y", sleep_job, args, (), 2.6),
+            _Job("train:a", sleep_job, args, (), 1.0), _Job("evaluate:a", sleep_job, args, ("train:a",), 2.0)]
+    buf = io.StringIO()
+    _run_jobs(jobs, 2, Console(file=buf, width=200), {})
+    starts = [line.split()[1] for line in buf.getvalue().splitlines() if line.startswith("start")]
+    assert starts[:2] == ["train:a", "evaluate:y"] and sorted(starts) == sorted(j.key for j in jobs)
+
+
 def test_a_failing_job_stops_the_other_workers_at_once(tmp_path):
     """One job fails while another would run for minutes: the error comes back promptly and no worker
     is left running (an hour-long evaluation must not outlive the job that started it)."""
