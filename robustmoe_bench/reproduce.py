@@ -19,6 +19,11 @@ of the suite:
 * ``advmoe-vs-at-dense``: AdvMoE RA >= AT(Dense) RA -- AdvMoE matches the Dense model at about half its
   GFLOPs (reported with the GFLOPs of both).
 
+Expert use: for every MoE model, the share of the evaluated test examples that its busiest expert
+receives, per MoE layer (:func:`expert_use`). A model whose busiest expert takes at least
+``COLLAPSED_SHARE`` of the inputs in every MoE layer is marked collapsed: it computes as a single-pathway
+(S-Dense-like) model, and the table says so next to the claims, which then compare it as such.
+
 A claim "held" when the sign of the difference of the seed means is the claimed one; the difference
 "exceeds the seeds' spread" when ``|mean_a - mean_b| > std_a + std_b`` (sample standard deviations over
 seeds). No choice is made on test examples: the models, presets and defaults are fixed before this runs.
@@ -39,6 +44,8 @@ from .errors import ConfigError
 from .pipeline import METHODS, PipelineConfig, run_pipelines
 
 WORST = "worst_case"
+#: a model whose busiest expert takes at least this share of the inputs in every MoE layer is "collapsed"
+COLLAPSED_SHARE = 0.99
 LABELS = {"at-dense": "AT (Dense)", "at-sdense": "AT (S-Dense)", "at-sparse": "AT (Sparse)", "at-moe": "AT (MoE)",
           "advmoe": "AdvMoE", "advmoe-public": "AdvMoE (public code's objective)"}
 
@@ -105,6 +112,40 @@ class Claim:
         beyond = "exceeds" if self.exceeds_spread else "does not exceed"
         return (f"{self.text}: **{verdict}** ({LABELS[self.a]} minus {LABELS[self.b]} = {self.diff:+.2f} pts; "
                 f"the difference {beyond} the seeds' spread, {self.spread:.2f} pts)")
+
+
+def expert_use_of(model: Any, x: Any, batch_size: int = 250) -> dict[str, Any] | None:
+    """Expert use of ``model`` on inputs ``x``: per MoE layer, the busiest expert's share of the inputs and
+    the utilisation entropy over its maximum (1 = balanced); ``collapsed`` when the busiest expert takes at
+    least ``COLLAPSED_SHARE`` in every layer. ``None`` for a model without routing."""
+    import torch
+
+    from .adapters.routing import get_adapter
+    from .analysis.iou import collapse
+    from .evaluation.suites import predict
+
+    adapter = get_adapter(model)
+    if adapter is None:
+        return None
+    sets = [predict(model, x[i:i + batch_size], True)[1] for i in range(0, len(x), batch_size)]
+    n_exp = max(adapter.num_experts())
+    busiest, entropy = collapse(torch.cat(sets, dim=1), n_exp)
+    return {"n_inputs": int(len(x)), "n_experts": n_exp, "busiest_share": [round(b, 4) for b in busiest],
+            "entropy_normalised": [round(e, 4) for e in entropy], "collapsed": min(busiest) >= COLLAPSED_SHARE}
+
+
+def expert_use(ckpt: str, dataset: str, n_examples: int, seed: int, data_root: str | None) -> dict[str, Any] | None:
+    """:func:`expert_use_of` for a checkpoint on the test examples its evaluation used (same subset)."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import as_tensors, load_dataset, subset_indices
+
+    model = load_checkpoint(ckpt).model.eval()
+    test = load_dataset(dataset, "test", data_root)
+    x, _ = as_tensors(test, subset_indices(len(test), min(n_examples, len(test)), seed))
+    with torch.no_grad():
+        return expert_use_of(model, x)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -176,7 +217,25 @@ def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: di
         by_seed = {r["seed"]: r for r in s.runs}
         cells = [f"{by_seed[x]['clean_acc']:.1f} / {by_seed[x]['ra']:.1f}" if x in by_seed else "-" for x in seeds]
         lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
-    lines += ["", "## The paper's claims", ""] + [f"- {c.line()}" for c in claims]
+    uses = [(s, r) for s in stats.values() for r in s.runs if r.get("expert_use")]
+    if uses:
+        lines += ["", "Expert use of the MoE models on the evaluated examples (the busiest expert's share of the "
+                      "inputs, lowest over the MoE layers; 1/N when balanced):", "",
+                  "| method | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+        for s in stats.values():
+            by_seed = {r["seed"]: r.get("expert_use") for r in s.runs}
+            if not any(by_seed.values()):
+                continue
+            cells = [f"{100 * min(u['busiest_share']):.1f} % of N={u['n_experts']}"
+                     + (" (collapsed)" if u["collapsed"] else "") if u else "-" for u in (by_seed.get(x) for x in seeds)]
+            lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
+    n_collapsed = sum(1 for _, r in uses if r["expert_use"]["collapsed"])
+    lines += ["", "## The paper's claims", ""]
+    if n_collapsed:
+        lines += [f"**{n_collapsed} of {len(uses)} MoE models route (almost) every input to one expert** (busiest "
+                  f"expert >= {100 * COLLAPSED_SHARE:.0f} % of the inputs in every MoE layer): they compute as "
+                  "single-pathway models, so the claims below compare them as such, not a working routing.", ""]
+    lines += [f"- {c.line()}" for c in claims]
     lines += ["", f"Produced by `{meta['command']}`; its last invocation took {meta['seconds']:.0f} s (a resumed "
               f"run reuses what earlier invocations finished)."]
     if meta.get("eval_seconds") is not None:
@@ -200,6 +259,10 @@ def reproduce(cfg: ReproduceConfig, console: Console | None = None) -> dict[str,
         for m in cfg.methods:
             results[m].append(json.loads(Path(res.results[m]).read_text()))
     stats = aggregate(results)
+    for m, s in stats.items():  # expert use of each MoE model on the examples it was evaluated on
+        for run, r, res in zip(s.runs, results[m], runs):
+            run["expert_use"] = expert_use(res.checkpoints[m], r["dataset"], r["n_examples"], cfg.eval_seed,
+                                           cfg.data_root)
     claims = judge(stats)
     meta = dict(preset=cfg.preset, suite=cfg.suite, seeds=list(cfg.seeds), n_examples=cfg.n_examples,
                 eval_seed=cfg.eval_seed, seconds=round(time.perf_counter() - t0, 1),
@@ -213,4 +276,5 @@ def reproduce(cfg: ReproduceConfig, console: Console | None = None) -> dict[str,
     return doc
 
 
-__all__ = ["ReproduceConfig", "reproduce", "aggregate", "judge", "render_markdown", "MethodStats", "Claim"]
+__all__ = ["ReproduceConfig", "reproduce", "aggregate", "judge", "render_markdown", "expert_use", "expert_use_of",
+           "MethodStats", "Claim", "COLLAPSED_SHARE"]

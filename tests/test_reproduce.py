@@ -91,3 +91,42 @@ def test_tiny_reproduction_end_to_end_and_resume(tmp_path, capsys):
     assert run(args) == 0
     assert ckpt.stat().st_mtime_ns == mtime and "reusing finished run" in capsys.readouterr().out
     assert json.loads((out / "table1.json").read_text())["methods"] == doc["methods"]
+
+
+def test_expert_use_tells_a_collapsed_router_from_a_working_one():
+    """A router that splits the inputs is not collapsed (busiest expert near 1/2 of N = 2); the same model
+    with its router's scores made constant sends every input to one expert and is marked collapsed; a
+    model without routing has no expert use."""
+    import torch
+    from helpers_models import make_diverse_routing_moe
+
+    from robustmoe_bench.models import create_model
+    from robustmoe_bench.reproduce import expert_use_of
+
+    model, x, _ = make_diverse_routing_moe(n=64)
+    use = expert_use_of(model, x, batch_size=16)
+    assert use["n_experts"] == 2 and use["n_inputs"] == 64 and not use["collapsed"]
+    assert all(0.5 <= b <= 0.7 for b in use["busiest_share"]) and min(use["entropy_normalised"]) > 0.85
+    with torch.no_grad():
+        model.router.fc.weight.zero_()
+        model.router.fc.bias.copy_(torch.tensor([0.0, 3.0]))
+    use = expert_use_of(model, x)
+    assert use["collapsed"] and use["busiest_share"] == [1.0] * len(use["busiest_share"])
+    assert use["entropy_normalised"] == [0.0] * len(use["busiest_share"])
+    assert expert_use_of(create_model("resnet-tiny", kind="sdense", dataset="fashion-mnist").eval(), x) is None
+
+
+def test_table1_md_marks_collapsed_moe_models():
+    results = {m: [_res(80, 50, 48, 1.0), _res(82, 52, 50, 1.0, seed=1)]
+               for m in ("at-dense", "at-sdense", "at-moe", "advmoe")}
+    stats = aggregate(results)
+    for m, shares in (("at-moe", (1.0, 0.55)), ("advmoe", (1.0, 1.0))):
+        for run, b in zip(stats[m].runs, shares):
+            run["expert_use"] = {"n_inputs": 1000, "n_experts": 2, "busiest_share": [b, b],
+                                 "entropy_normalised": [0.0, 0.0], "collapsed": b >= 0.99}
+    md = render_markdown(stats, judge(stats), dict(preset="p", suite="paper", seeds=[0, 1], n_examples=1000,
+                                                   eval_seed=0, seconds=1.0, command="x"))
+    assert "| AT (MoE) | 100.0 % of N=2 (collapsed) | 55.0 % of N=2 |" in md
+    assert "| AdvMoE | 100.0 % of N=2 (collapsed) | 100.0 % of N=2 (collapsed) |" in md
+    assert "**3 of 4 MoE models route (almost) every input to one expert**" in md
+    assert "| AT (Dense) | 80.0 / 48.0 | 82.0 / 50.0 |" in md and "| AT (Dense) | -" not in md
