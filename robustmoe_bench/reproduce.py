@@ -129,9 +129,9 @@ def expert_use_of(model: Any, x: Any, batch_size: int = 250) -> dict[str, Any] |
         return None
     sets = [predict(model, x[i:i + batch_size], True)[1] for i in range(0, len(x), batch_size)]
     n_exp = max(adapter.num_experts())
-    busiest, entropy = collapse(torch.cat(sets, dim=1), n_exp)
+    busiest, entropy = collapse(torch.cat(sets, dim=1), n_exp)  # (+ 0.0 below: no "-0.0" for one expert)
     return {"n_inputs": int(len(x)), "n_experts": n_exp, "busiest_share": [round(b, 4) for b in busiest],
-            "entropy_normalised": [round(e, 4) for e in entropy], "collapsed": min(busiest) >= COLLAPSED_SHARE}
+            "entropy_normalised": [round(e, 4) + 0.0 for e in entropy], "collapsed": min(busiest) >= COLLAPSED_SHARE}
 
 
 def expert_use(ckpt: str, dataset: str, n_examples: int, seed: int, data_root: str | None) -> dict[str, Any] | None:

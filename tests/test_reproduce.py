@@ -113,6 +113,7 @@ def test_expert_use_tells_a_collapsed_router_from_a_working_one():
     use = expert_use_of(model, x)
     assert use["collapsed"] and use["busiest_share"] == [1.0] * len(use["busiest_share"])
     assert use["entropy_normalised"] == [0.0] * len(use["busiest_share"])
+    assert "-0.0" not in str(use["entropy_normalised"])
     assert expert_use_of(create_model("resnet-tiny", kind="sdense", dataset="fashion-mnist").eval(), x) is None
 
 
