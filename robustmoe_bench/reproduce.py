@@ -129,23 +129,24 @@ def expert_use_of(model: Any, x: Any, batch_size: int = 250) -> dict[str, Any] |
         return None
     sets = [predict(model, x[i:i + batch_size], True)[1] for i in range(0, len(x), batch_size)]
     n_exp = max(adapter.num_experts())
-    busiest, entropy = collapse(torch.cat(sets, dim=1), n_exp)  # (+ 0.0 below: no "-0.0" for one expert)
+    busiest, entropy = collapse(torch.cat(sets, dim=1), n_exp)
     return {"n_inputs": int(len(x)), "n_experts": n_exp, "busiest_share": [round(b, 4) for b in busiest],
+            # + 0.0: one expert only gives an entropy of -0.0
             "entropy_normalised": [round(e, 4) + 0.0 for e in entropy], "collapsed": min(busiest) >= COLLAPSED_SHARE}
 
 
 def expert_use(ckpt: str, dataset: str, n_examples: int, seed: int, data_root: str | None) -> dict[str, Any] | None:
     """:func:`expert_use_of` for a checkpoint on the test examples its evaluation used (same subset)."""
-    import torch
-
+    from .adapters.routing import get_adapter
     from .checkpoint import load_checkpoint
     from .data import as_tensors, load_dataset, subset_indices
 
     model = load_checkpoint(ckpt).model.eval()
+    if get_adapter(model) is None:  # no routing: no need to read the test set
+        return None
     test = load_dataset(dataset, "test", data_root)
     x, _ = as_tensors(test, subset_indices(len(test), min(n_examples, len(test)), seed))
-    with torch.no_grad():
-        return expert_use_of(model, x)
+    return expert_use_of(model, x)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
