@@ -23,6 +23,14 @@ class ModelError(RobustMoEError):
     """A model cannot be built or does not fit the request (e.g. not an MoE model)."""
 
 
+class RobustMoEWarning(UserWarning):
+    """Base class of the package's warnings (the CLI prints them as one ``warning:`` line)."""
+
+
+class RoutingCollapseWarning(RobustMoEWarning):
+    """A routed model sends (almost) every input to one expert in some MoE layer."""
+
+
 def require_positive_int(value: object, what: str, *, optional: bool = False) -> None:
     """Raise :class:`ConfigError` ("WHAT must be a positive integer, got ...") unless ``value`` is an
     ``int`` >= 1 (``bool`` is not accepted); with ``optional``, ``None`` passes too."""

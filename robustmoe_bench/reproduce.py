@@ -21,8 +21,8 @@ of the suite:
 
 Expert use: for every MoE model, the share of the evaluated test examples that its busiest expert
 receives, per MoE layer (:func:`expert_use`). A model whose busiest expert takes at least
-``COLLAPSED_SHARE`` of the inputs in every MoE layer is marked collapsed: it computes as a single-pathway
-(S-Dense-like) model, and the table says so next to the claims, which then compare it as such.
+``COLLAPSED_SHARE`` of the inputs in some MoE layer is marked collapsed (in every layer: it computes as a
+single-pathway, S-Dense-like model), and the table says so next to the claims.
 
 A claim "held" when the sign of the difference of the seed means is the claimed one; the difference
 "exceeds the seeds' spread" when ``|mean_a - mean_b| > std_a + std_b`` (sample standard deviations over
@@ -39,13 +39,12 @@ from typing import Any
 
 from rich.console import Console
 
+from .adapters.expert_use import COLLAPSED_SHARE
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 from .pipeline import METHODS, PipelineConfig, run_pipelines
 
 WORST = "worst_case"
-#: a model whose busiest expert takes at least this share of the inputs in every MoE layer is "collapsed"
-COLLAPSED_SHARE = 0.99
 LABELS = {"at-dense": "AT (Dense)", "at-sdense": "AT (S-Dense)", "at-sparse": "AT (Sparse)", "at-moe": "AT (MoE)",
           "advmoe": "AdvMoE", "advmoe-public": "AdvMoE (public code's objective)"}
 
@@ -115,28 +114,17 @@ class Claim:
 
 
 def expert_use_of(model: Any, x: Any, batch_size: int = 250) -> dict[str, Any] | None:
-    """Expert use of ``model`` on inputs ``x``: per MoE layer, the busiest expert's share of the inputs and
-    the utilisation entropy over its maximum (1 = balanced); ``collapsed`` when the busiest expert takes at
-    least ``COLLAPSED_SHARE`` in every layer. ``None`` for a model without routing."""
-    import torch
+    """Expert use of ``model`` on inputs ``x`` (:class:`~robustmoe_bench.adapters.expert_use.ExpertUse` as a
+    dict), or ``None`` for a model without routing."""
+    from .adapters.expert_use import expert_use_of as _of
 
-    from .adapters.routing import get_adapter
-    from .analysis.iou import collapse
-    from .evaluation.suites import predict
-
-    adapter = get_adapter(model)
-    if adapter is None:
-        return None
-    sets = [predict(model, x[i:i + batch_size], True)[1] for i in range(0, len(x), batch_size)]
-    n_exp = max(adapter.num_experts())
-    busiest, entropy = collapse(torch.cat(sets, dim=1), n_exp)
-    return {"n_inputs": int(len(x)), "n_experts": n_exp, "busiest_share": [round(b, 4) for b in busiest],
-            # + 0.0: one expert only gives an entropy of -0.0
-            "entropy_normalised": [round(e, 4) + 0.0 for e in entropy], "collapsed": min(busiest) >= COLLAPSED_SHARE}
+    use = _of(model, x, batch_size)
+    return use.to_dict() if use is not None else None
 
 
 def expert_use(ckpt: str, dataset: str, n_examples: int, seed: int, data_root: str | None) -> dict[str, Any] | None:
-    """:func:`expert_use_of` for a checkpoint on the test examples its evaluation used (same subset)."""
+    """:func:`expert_use_of` for a checkpoint on the test examples its evaluation used (same subset); for
+    results written before evaluations recorded it themselves."""
     from .adapters.routing import get_adapter
     from .checkpoint import load_checkpoint
     from .data import as_tensors, load_dataset, subset_indices
@@ -221,21 +209,21 @@ def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: di
     uses = [(s, r) for s in stats.values() for r in s.runs if r.get("expert_use")]
     if uses:
         lines += ["", "Expert use of the MoE models on the evaluated examples (the busiest expert's share of the "
-                      "inputs, lowest over the MoE layers; 1/N when balanced):", "",
+                      "inputs, highest over the MoE layers; 1/N when balanced):", "",
                   "| method | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---|" + "---:|" * len(seeds)]
         for s in stats.values():
             by_seed = {r["seed"]: r.get("expert_use") for r in s.runs}
             if not any(by_seed.values()):
                 continue
-            cells = [f"{100 * min(u['busiest_share']):.1f} % of N={u['n_experts']}"
+            cells = [f"{100 * max(u['busiest_share']):.1f} % of N={u['n_experts']}"
                      + (" (collapsed)" if u["collapsed"] else "") if u else "-" for u in (by_seed.get(x) for x in seeds)]
             lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
     n_collapsed = sum(1 for _, r in uses if r["expert_use"]["collapsed"])
     lines += ["", "## The paper's claims", ""]
     if n_collapsed:
         lines += [f"**{n_collapsed} of {len(uses)} MoE models route (almost) every input to one expert** (busiest "
-                  f"expert >= {100 * COLLAPSED_SHARE:.0f} % of the inputs in every MoE layer): they compute as "
-                  "single-pathway models, so the claims below compare them as such, not a working routing.", ""]
+                  f"expert >= {100 * COLLAPSED_SHARE:.0f} % of the inputs in some MoE layer): there they compute "
+                  "a single pathway, so the claims below do not test a working routing.", ""]
     lines += [f"- {c.line()}" for c in claims]
     lines += ["", f"Produced by `{meta['command']}`; its last invocation took {meta['seconds']:.0f} s (a resumed "
               f"run reuses what earlier invocations finished)."]
@@ -262,8 +250,8 @@ def reproduce(cfg: ReproduceConfig, console: Console | None = None) -> dict[str,
     stats = aggregate(results)
     for m, s in stats.items():  # expert use of each MoE model on the examples it was evaluated on
         for run, r, res in zip(s.runs, results[m], runs):
-            run["expert_use"] = expert_use(res.checkpoints[m], r["dataset"], r["n_examples"], cfg.eval_seed,
-                                           cfg.data_root)
+            run["expert_use"] = (r["expert_use"] if r.get("expert_use") is not None else
+                                 expert_use(res.checkpoints[m], r["dataset"], r["n_examples"], cfg.eval_seed, cfg.data_root))
     claims = judge(stats)
     meta = dict(preset=cfg.preset, suite=cfg.suite, seeds=list(cfg.seeds), n_examples=cfg.n_examples,
                 eval_seed=cfg.eval_seed, seconds=round(time.perf_counter() - t0, 1),

@@ -37,7 +37,7 @@ RESULT_KEYS = {
     "schema_version", "suite", "dataset", "threat_model", "eps", "eps_str", "n_examples", "seed", "clean_acc",
     "robust_acc", "attacks", "routing", "router_robustness", "flags", "unreliable", "gflops", "seconds", "model",
     "training", "checkpoint", "checkpoint_sha256", "package_version", "worst_case_attacks",
-    "n_total", "robust_acc_alone", "intervals", "examples",
+    "n_total", "robust_acc_alone", "intervals", "examples", "expert_use",
 }
 
 

@@ -475,3 +475,49 @@ def test_robustbench_package_reads_our_entries(tmp_path, monkeypatch):
     assert rows[0].startswith("1 &\\citet{Top} & 85.20 & 70.00 & N & ")
     assert rows[1].startswith("2 &\\citet{Sehwag2020Hydra} & 88.98 & 57.14 & Y & WRN-28-10 & NeurIPS 2020")
     assert rows[2].startswith("3 &\\citet{AdvMoE} & 85.20 & 54.20 & N & RN-18 MoE (N=2, r=0.5, layer router)")
+
+
+# --- routing health ---------------------------------------------------------------------------------
+
+def _use(busiest: list[float], collapsed: bool) -> dict:
+    return {"n_inputs": 500, "n_experts": 2, "layers": [f"l{i}" for i in range(len(busiest))],
+            "share": [[b, 1 - b] for b in busiest], "busiest_share": busiest,
+            "entropy_normalised": [0.5] * len(busiest), "collapsed_layers": [], "collapsed": collapsed}
+
+
+def test_board_shows_expert_use_and_marks_collapsed_routers(tmp_path):
+    root = tmp_path / "lb"
+    publish_results(make_results(expert_use=_use([0.55, 0.62], False)), "Routes", root)
+    publish_results(make_results(expert_use=_use([1.0, 1.0], True)), "Collapsed", root)
+    publish_results(make_results(), "Old", root)  # results written before routing health was recorded
+    d = json.loads((root / "cifar10" / "Linf" / "Collapsed.json").read_text())
+    assert d["robustmoe_expert_use"] == {"n_inputs": 500, "n_experts": 2, "busiest_share": [1.0, 1.0],
+                                         "entropy_normalised": [0.5, 0.5], "collapsed": True}
+    assert entry_problems(d, dataset="cifar10", threat_model="Linf") == []
+    assert "robustmoe_expert_use" not in json.loads((root / "cifar10" / "Linf" / "Old.json").read_text())
+    build(root)
+    md = (root / "README.md").read_text()
+    rows = {r.split("**")[1]: r for r in md.splitlines() if r.startswith("| ") and "**" in r}
+    assert "| busiest 62% | 87.50% (pgd-50) |" in rows["Routes"]
+    assert "| COLLAPSED, busiest 100% | 87.50% (pgd-50) — COLLAPSED router |" in rows["Collapsed"]
+    assert "| not recorded | 87.50% (pgd-50) — routing health not recorded |" in rows["Old"]
+    # every router-robustness figure of a collapsed (or unknown) router carries its mark, on the page too
+    page = (root / "index.html").read_text()
+    assert page.count("87.50% (pgd-50) — COLLAPSED router") == 1
+    assert "busiest expert per MoE layer 100%, 100% (balanced: 50%)" in page and "COLLAPSED</span>" in page
+    # a dense model has no expert-use cell
+    publish_results(make_results(model={"arch": "resnet18", "kind": "dense", "dataset": "cifar10"},
+                                 router_robustness=None, routing={}), "Dense", root)
+    build(root)
+    dense = next(r for r in (root / "README.md").read_text().splitlines() if "**Dense**" in r)
+    assert "busiest" not in dense and "not recorded" not in dense
+
+
+@pytest.mark.parametrize("use,message", [
+    ({"n_inputs": 5}, "expert_use lacks 'n_experts'"),
+    (dict(_use([1.5], False)), "busiest_share must be shares in"),
+    (dict(_use([0.5], False), collapsed="no"), "must be true or false"),
+])
+def test_bad_expert_use_is_refused(tmp_path, use, message):
+    with pytest.raises(LeaderboardError, match=message):
+        entry_from_results(make_results(expert_use=use), title="t")

@@ -3,7 +3,6 @@ tiny end-to-end run through the CLI that resumes instead of retraining."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -122,8 +121,8 @@ def test_table1_md_marks_collapsed_moe_models():
                for m in ("at-dense", "at-sdense", "at-moe", "advmoe")}
     stats = aggregate(results)
     for m, shares in (("at-moe", (1.0, 0.55)), ("advmoe", (1.0, 1.0))):
-        for run, b in zip(stats[m].runs, shares):
-            run["expert_use"] = {"n_inputs": 1000, "n_experts": 2, "busiest_share": [b, b],
+        for one, b in zip(stats[m].runs, shares):
+            one["expert_use"] = {"n_inputs": 1000, "n_experts": 2, "busiest_share": [b, b],
                                  "entropy_normalised": [0.0, 0.0], "collapsed": b >= 0.99}
     md = render_markdown(stats, judge(stats), dict(preset="p", suite="paper", seeds=[0, 1], n_examples=1000,
                                                    eval_seed=0, seconds=1.0, command="x"))

@@ -5,7 +5,6 @@ routing as sets."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -15,6 +15,7 @@ from robustmoe_bench.cli import run
 from robustmoe_bench.errors import ConfigError
 from robustmoe_bench.models import create_model, routing_trace
 from robustmoe_bench.training import TrainConfig, train
+from robustmoe_bench.training.config import CHANNEL_BALANCE_DEFAULTS
 from robustmoe_bench.training.balance import balance_loss, layer_balance_loss
 from robustmoe_bench.training.trades import trades_loss
 
@@ -92,7 +93,12 @@ def _cfg(root: Path, **kw) -> TrainConfig:
     (dict(moe="conv", router="shared"), "--router only applies to --moe channel"),
     (dict(moe="block", scale=0.5), "--scale only applies to --moe channel"),
     (dict(k=2), "--k only applies to --moe conv or block"),
-    (dict(balance="switch"), "--balance only applies to --moe conv or block"),
+    (dict(method="advmoe-public", balance="switch"), "--balance cannot be used with --method advmoe-public"),
+    (dict(method="advmoe-public", router_lr=0.1), "--router-lr cannot be used with --method advmoe-public"),
+    (dict(router_lr=0.0), "--router-lr must be a number > 0"),
+    (dict(router_z=-1.0), "--router-z must be a number >= 0"),
+    (dict(balance="gini"), "unknown balancing loss 'gini'"),
+    (dict(method="at-dense", router_lr=0.1), "--router-lr only apply to MoE models"),
     (dict(method="at-dense", moe="conv"), "--moe only apply to MoE models"),
     (dict(method="at-dense", moe="channel"), "--moe only apply to MoE models"),
     (dict(moe="conv", k=3), r"--k must be in \[1, experts=2\]"),
@@ -116,7 +122,14 @@ def test_config_defaults_and_presets(tmp_path):
     p = TrainConfig.from_preset("fmnist-tiny", method="advmoe", moe="conv", k=2)
     assert p.router is None and p.moe == "conv"
     ch = TrainConfig.from_preset("fmnist-tiny", method="advmoe")
-    assert ch.moe is None and ch.router == "shared" and ch.balance_term() is None
+    # the channel family gets its balancing term (ours, see CHANNEL_BALANCE_DEFAULTS); advmoe-public does not
+    d = CHANNEL_BALANCE_DEFAULTS
+    assert ch.moe is None and ch.router == "shared" and ch.balance_term() == (d["balance"], d["balance_weight"])
+    assert ch.router_lr_scale == d["router_lr"]
+    pub = TrainConfig.from_preset("fmnist-tiny", method="advmoe-public")
+    assert pub.balance_term() is None and pub.router_lr_scale == 1.0
+    off = TrainConfig.from_preset("fmnist-tiny", method="at-moe", balance="none", router_lr=1.0)
+    assert off.balance_term() is None and off.router_lr_scale == 1.0
     assert _cfg(tmp_path, moe="conv", balance="none").balance_term() is None
 
 

@@ -25,7 +25,6 @@ adversarial forward with the routing trace on.
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +34,12 @@ import torch
 from torch import Tensor
 
 from ..attacks.base import check_in_ball
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from .plots import new_axes, save_figure
 from .record import JsonRecord
+from .routes import AttackFn, Utilisation, predict_and_route, require_moe, resolve_attack  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
-
-#: An attack as the attacks package builds it: ``atk(model, x, y) -> x_adv`` (same shape as ``x``).
-AttackFn = Callable[[torch.nn.Module, Tensor, Tensor], Tensor]
 
 CATEGORIES = ("neither", "routers_only", "prediction_only", "both")
 CATEGORY_LABELS = {
@@ -52,81 +49,7 @@ CATEGORY_LABELS = {
     "both": "④ both fooled",
 }
 
-_PGD_NAME = re.compile(r"^pgd-?(\d+)$")
-
-
-# --------------------------------------------------------------------------- shared helpers
-def require_moe(model: torch.nn.Module, what: str = "this analysis") -> None:
-    """Raise :class:`ModelError` unless ``model`` has routers: one of our MoE models, or a model with a
-    routing adapter (``--router-modules`` / ``--adapter``)."""
-    from ..adapters.routing import get_adapter
-
-    if get_adapter(model) is not None:
-        return
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        raise ModelError(f"{what} needs routers, but {type(model).__name__} has no routing adapter "
-                         "(give --router-modules REGEX or --adapter module:callable)")
-    raise ModelError(
-        f"{what} needs an MoE model (with routers), but this is a {spec.kind!r} model ({spec.describe()})"
-    )
-
-
-def resolve_attack(
-    attack: str | AttackFn, eps: float, *, seed: int = 0, norm: str = "Linf", **extra: Any
-) -> tuple[str, dict[str, Any], AttackFn]:
-    """Turn an attack name (``pgd50``, ``pgd-50``, ``router-untargeted``, any registered attack) or a
-    callable into ``(display name, parameters, atk)``.
-
-    ``pgdK`` means PGD with K steps; ``router-untargeted`` attacks every MoE layer's router.
-    ``extra``: further hyper-parameters for a named attack (e.g. ``steps``).
-    """
-    if callable(attack):
-        name = str(getattr(attack, "name", type(attack).__name__))
-        return name, _params_of(attack), attack
-    text = attack.strip().lower()
-    hyper: dict[str, Any] = {}
-    m = _PGD_NAME.match(text)
-    if m:
-        steps = int(m.group(1))
-        if steps < 1:
-            raise ConfigError(f"attack {attack!r}: PGD needs at least one step")
-        base, hyper, display = "pgd", {"steps": steps}, f"pgd-{steps}"
-    elif text == "router-untargeted":
-        base, hyper, display = text, {"layers": "all"}, text
-    else:
-        base, display = text, text
-    hyper.update(extra)
-    if base != "pgd" and "steps" in extra:
-        display = f"{display}-{extra['steps']}"
-    from ..attacks import create_attack  # lazy: the attacks package is heavier than this module
-
-    try:
-        atk = create_attack(base, eps, norm=norm, seed=seed, **hyper)
-    except KeyError as e:  # registries raise KeyError naming what they hold
-        raise ConfigError(str(e).strip("'\"")) from None
-    return display, _params_of(atk) or {"eps": eps, "norm": norm, "seed": seed, **hyper}, atk
-
-
-def _params_of(atk: object) -> dict[str, Any]:
-    """An attack's hyper-parameters as JSON-able dict (``Attack.params()`` or a ``params`` dict)."""
-    p = getattr(atk, "params", None)
-    if callable(p):
-        p = p()
-    return dict(p) if isinstance(p, dict) else {}
-
-
-@torch.no_grad()
-def predict_and_route(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, list[str]]:
-    """One traced forward: predictions ``[B]`` long, chosen expert sets ``[L, B, k]`` long (sorted), MoE
-    layer names ``[L]``."""
-    from ..adapters.routing import require_adapter
-
-    with require_adapter(model, "routing").trace() as tr:
-        logits = model(x)
-    return logits.argmax(dim=1), tr.experts(), tr.layer_names
-
-
+# --------------------------------------------------------------------------- shared helpers (see .routes)
 def _pct(k: int, n: int) -> float:
     return 100.0 * k / n if n else 0.0
 
@@ -325,7 +248,6 @@ def _utilisation(model: torch.nn.Module, clean: Tensor, adv: Tensor) -> dict[str
     from dataclasses import asdict
 
     from ..adapters.routing import require_adapter
-    from .iou import Utilisation
 
     n_exp = max(require_adapter(model, "dissection").num_experts())
     return {"clean": asdict(Utilisation.of(clean, n_exp)), "adversarial": asdict(Utilisation.of(adv, n_exp))}

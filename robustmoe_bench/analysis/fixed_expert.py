@@ -60,6 +60,8 @@ class FixedExpertResult:
     checkpoint: Optional[str] = None
     checkpoint_sha256: Optional[str] = None
     schema_version: int = SCHEMA_VERSION
+    #: the gated model's routing health on the clean examples (``ExpertUse.to_dict()``)
+    expert_use: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +94,8 @@ def fixed_expert_eval(
     from ..config import format_eps
     from ..data import as_tensors, get_dataset_info, load_dataset, subset_indices
     from ..evaluation.runner import _load_model, resolve_eps
+    from ..adapters.expert_use import ExpertUseMeter, expert_sets
+    from ..adapters.routing import require_adapter
     from ..models import force_routing
 
     require_positive_int(steps, "--steps")
@@ -120,9 +124,12 @@ def fixed_expert_eval(
     dev = next(model.parameters()).device
     clean_k = [0] * (n_exp + 1)
     robust_k = [0] * (n_exp + 1)
+    adapter = require_adapter(model, "fixed-expert evaluation")
+    meter = ExpertUseMeter(n_exp, adapter.layer_names())
     for start in range(0, n, batch_size):
         x, y = as_tensors(test, indices[start:start + batch_size])
         x, y = x.to(dev), y.to(dev)
+        meter.add(expert_sets(model, x)[1])
         for j, e in enumerate([None, *range(n_exp)]):
             ctx = nullcontext() if e is None else force_routing(model, e)
             with ctx:
@@ -142,7 +149,7 @@ def fixed_expert_eval(
     res = FixedExpertResult(
         dataset=info.name, eps=eps_val, eps_str=format_eps(eps_val), attack=f"pgd-{steps}", n_examples=n, seed=seed,
         rows=[row(j, e) for j, e in enumerate([None, *range(n_exp)])], model=spec.to_dict(), checkpoint=ckpt_path,
-        checkpoint_sha256=sha,
+        checkpoint_sha256=sha, expert_use=use.to_dict() if (use := meter.result()) is not None else None,
     )
     if out is not None:
         atomic_write_bytes(Path(out), res.to_json().encode())

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, ModelError
 from ..attacks.base import check_in_ball
-from .dissect import AttackFn, predict_and_route, require_moe, resolve_attack
+from .routes import AttackFn, Utilisation, collapse, predict_and_route, require_moe, resolve_attack, utilisation  # noqa: F401
 from .plots import new_axes, save_figure
 from .record import JsonRecord
 
@@ -98,52 +98,6 @@ def _summary(v: Tensor) -> dict[str, float]:
         "max": float(v.max()),
     }
 
-
-def utilisation(experts: Tensor, n_experts: int) -> tuple[list[list[float]], list[float]]:
-    """Share of inputs per expert per layer ``[L][N]`` (fractions) and routing entropy per layer (bits).
-
-    ``experts``: ``[L, B]`` or ``[L, B, k]`` sets. For top-k the share of expert ``e`` is the fraction of
-    inputs whose set contains ``e`` (shares sum to k); the entropy is that of the shares divided by k."""
-    shares, entropy = [], []
-    for row in experts:
-        k = row.shape[1] if row.dim() == 2 else 1
-        counts = torch.bincount(row.reshape(-1).cpu(), minlength=n_experts).double()
-        p = counts / (row.numel() / k)
-        q = p / k
-        nz = q[q > 0]
-        shares.append(p.tolist())
-        entropy.append(float(-(nz * nz.log2()).sum()) if nz.numel() else 0.0)
-    return shares, entropy
-
-
-def collapse(experts: Tensor, n_experts: int) -> tuple[list[float], list[float]]:
-    """Expert-collapse metrics per layer of ``experts`` ``[L, B]`` or ``[L, B, k]``: the share of inputs
-    whose set holds the busiest expert (``k/N`` when balanced, 1 when one expert is in every set) and
-    the utilisation entropy normalised by its maximum ``log2 N`` (1 = balanced, 0 = one expert only)."""
-    shares, entropy = utilisation(experts, n_experts)
-    top = math.log2(n_experts) if n_experts > 1 else 1.0
-    return [max(s) for s in shares], [e / top for e in entropy]
-
-
-@dataclass
-class Utilisation:
-    """``share[l][e]``: fraction of inputs routed to expert ``e`` in layer ``l``; ``entropy_bits[l]``:
-    entropy of that distribution (max ``log2 N`` = perfectly balanced, 0 = one expert only).
-    Collapse metrics (:func:`collapse`; absent in results written before they existed):
-    ``busiest_share[l]`` and ``entropy_normalised[l]``."""
-
-    share: list[list[float]]
-    entropy_bits: list[float]
-    mean_entropy_bits: float
-    busiest_share: Optional[list[float]] = None
-    entropy_normalised: Optional[list[float]] = None
-
-    @classmethod
-    def of(cls, experts: Tensor, n_experts: int) -> "Utilisation":
-        """From expert sets ``[L, B(, k)]``."""
-        share, ent = utilisation(experts, n_experts)
-        busiest, norm = collapse(experts, n_experts)
-        return cls(share, ent, sum(ent) / len(ent), busiest, norm)
 
 
 @dataclass

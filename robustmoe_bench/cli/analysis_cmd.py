@@ -100,6 +100,10 @@ def dissect_cmd(
             parts = [f"{escape(n)} busiest {100 * b:.1f}%, entropy {e:.2f}"
                      for n, b, e in zip(res.layers, u["busiest_share"], u["entropy_normalised"])]
             console.print(f"expert utilisation ({key}): " + "; ".join(parts), highlight=False)
+        if res.utilisation["clean"].get("collapsed"):
+            console.print("[bold red]routing COLLAPSED[/] on the clean inputs (some MoE layer sends >= 99 % of them "
+                          "to one expert): the routers' robustness above describes a router that cannot change",
+                          highlight=False)
     console.print(f"wrote {out / 'dissect.json'} and {out / 'dissect.png'} ({res.seconds:.1f} s)", markup=False)
 
 
@@ -184,6 +188,10 @@ def iou_cmd(
         c, a = res.utilisation["clean"].share[i], res.utilisation["adversarial"].share[i]
         u.add_row(escape(name), *(f"{100 * c[e]:.1f} -> {100 * a[e]:.1f}" for e in range(res.experts)))
     console.print(u)
+    if res.utilisation["clean"].collapsed:
+        console.print("[bold red]routing COLLAPSED[/] on the clean inputs (some MoE layer sends >= 99 % of them to one "
+                      "expert): every input takes (almost) the same pathway there, so the IoU spread measures nothing",
+                      highlight=False)
     if res.clean_vs_adversarial is not None:
         m = sum(res.clean_vs_adversarial) / len(res.clean_vs_adversarial)
         console.print(f"mean IoU of each input's clean and adversarial pathway: {m:.4f}")

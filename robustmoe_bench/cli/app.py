@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 from typer._click import exceptions as click_exc
@@ -16,7 +17,7 @@ from typer.exceptions import Abort
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import RobustMoEError
+from ..errors import RobustMoEError, RobustMoEWarning
 
 app = typer.Typer(
     name="robustmoe-bench",
@@ -29,8 +30,24 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001,ANN202
+    if issubclass(category, RobustMoEWarning):  # ours: one line, no source location
+        err_console.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of exiting (used by tests and ``main``)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         rv = app(args=argv, prog_name="robustmoe-bench", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

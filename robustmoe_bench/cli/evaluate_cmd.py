@@ -126,8 +126,24 @@ def evaluate_cmd(
         console.print(f"worst case over: {escape(', '.join(res.worst_case_attacks))}", highlight=False)
     if res.unreliable:
         console.print("[bold red]unreliable:[/] a gradient-masking check failed; the numbers above may overstate robustness")
+    line = expert_use_line(res)
+    if line:
+        console.print(line, highlight=False)
     if out is not None:
         console.print(f"results written to {out}", markup=False, highlight=False)
+
+
+def expert_use_line(res: EvalResult) -> str:
+    """The routing health of a routed model's evaluation (rich markup), or "" without routing."""
+    if not res.expert_use:
+        return ""
+    from ..adapters.expert_use import ExpertUse
+
+    use = ExpertUse.from_dict(res.expert_use)
+    if use.collapsed:
+        return (f"[bold red]routing {escape(use.mark())}[/]: {escape(use.summary())}; the routing-change rates and "
+                "router robustness above describe a router that cannot change")
+    return f"[green]routing[/]: {escape(use.summary())}"
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import app, console
@@ -36,5 +37,11 @@ def fixed_experts_cmd(
         t.add_row(r.label, f"{r.clean_acc:.2f} [{r.clean_ci[0]:.1f}, {r.clean_ci[1]:.1f}]",
                   f"{r.robust_acc:.2f} [{r.robust_ci[0]:.1f}, {r.robust_ci[1]:.1f}]")
     console.print(t)
+    if res.expert_use:
+        from ..adapters.expert_use import ExpertUse
+
+        use = ExpertUse.from_dict(res.expert_use)
+        console.print(("[bold red]routing " + escape(use.mark()) + "[/]: " if use.collapsed else "[green]routing[/]: ")
+                      + escape(use.summary()), highlight=False)
     if out is not None:
         console.print(f"results written to {out}", markup=False, highlight=False)

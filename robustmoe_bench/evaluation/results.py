@@ -70,7 +70,8 @@ class EvalResult:
 
     Uncertainty: ``intervals`` gives, for ``clean_acc``, every ``robust_acc`` and every
     ``robust_acc_alone`` value, its count ``k`` of ``n`` and the 95 % Wilson interval (``low``/``high``
-    in %). ``n_total`` is the size of the test set the ``n_examples`` were drawn from. ``examples``
+    in %). ``expert_use``: routing health on the clean evaluated examples (``None`` without routing).
+    ``n_total`` is the size of the test set the ``n_examples`` were drawn from. ``examples``
     holds the per-example outcomes (``"0110..."`` over the evaluation set, in order: ``clean``,
     ``worst_case`` and, where measured, ``autoattack`` alone) and ``indices_sha256``, which names the
     evaluated examples, so two results on the same examples can be compared with a paired test."""
@@ -103,6 +104,16 @@ class EvalResult:
     robust_acc_alone: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, Any] = field(default_factory=dict)
     examples: Optional[dict[str, str]] = None
+    #: routing health on the clean evaluated examples (:class:`~robustmoe_bench.adapters.expert_use.ExpertUse`
+    #: as a dict: shares per layer, busiest share, normalised entropy, ``collapsed``); ``None`` for a model
+    #: without routing (and in results written before it existed)
+    expert_use: Optional[dict[str, Any]] = None
+
+    @property
+    def collapsed(self) -> bool:
+        """True for a routed model whose routing collapsed in some MoE layer on the evaluated examples: its
+        router-robustness figures then measure a router that cannot change, not a robust one."""
+        return bool(self.expert_use and self.expert_use.get("collapsed"))
 
     @property
     def worst_case(self) -> float:

@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..config import format_eps, parse_eps
-from ..errors import CheckpointError, ConfigError, DataError, require_positive_int
+from ..errors import CheckpointError, ConfigError, DataError, RoutingCollapseWarning, require_positive_int
 from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
 from ..stats import count_of, wilson
@@ -468,6 +468,7 @@ def _finish(
                 state.save_extra("checks", {"flags": flags, "seconds": dt})
     t0 = time.perf_counter()
     gfl = _gflops(model, x_head[:GFLOPS_EXAMPLES])
+    use = _expert_use(model, batch, n, batch_size) if routed else None
     seconds += time.perf_counter() - t0
 
     return EvalResult(
@@ -479,8 +480,25 @@ def _finish(
         seconds=round(seconds, 3), model=model_record(model), training=training,
         checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha, package_version=__version__, worst_case_attacks=ran,
         n_total=n_total, robust_acc_alone=robust_alone, intervals=intervals,
-        examples={"indices_sha256": indices_sha, **outcomes},
+        examples={"indices_sha256": indices_sha, **outcomes}, expert_use=use,
     )
+
+
+def _expert_use(model: torch.nn.Module, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], n: int,
+                batch_size: int) -> Optional[dict[str, Any]]:
+    """Routing health on all ``n`` clean evaluated examples (one clean forward per batch)."""
+    from ..adapters.expert_use import ExpertUseMeter, expert_sets
+    from ..adapters.routing import require_adapter
+
+    adapter = require_adapter(model, "expert use")
+    meter = ExpertUseMeter(max(adapter.num_experts()), adapter.layer_names())
+    for i in range((n + batch_size - 1) // batch_size):
+        meter.add(expert_sets(model, batch(i)[0])[1])
+    use = meter.result()
+    if use is not None and use.collapsed:
+        warnings.warn(f"routing collapsed on the evaluated examples -- {use.summary()}: routing attacks cannot "
+                      "change it, so router-robustness figures measure nothing here", RoutingCollapseWarning, stacklevel=3)
+    return use.to_dict() if use is not None else None
 
 
 def _run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, whitebox: torch.Tensor, eps: float,

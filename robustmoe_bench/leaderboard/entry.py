@@ -197,6 +197,15 @@ class MoEExtras:
     flags: Optional[dict[str, tuple[bool, str]]] = None
     moe: Optional[str] = None  # full-copy expert design ("conv", "block"); None for channel-slice experts
     k: Optional[int] = None  # experts per input of a full-copy design's top-k gate
+    #: routing health on the evaluated clean examples (``ExpertUse.to_dict()`` of the results; None for a
+    #: dense model or results written before it was recorded)
+    expert_use: Optional[dict[str, Any]] = None
+
+    @property
+    def collapsed(self) -> Optional[bool]:
+        """True when the MoE routed (almost) every evaluated input to one expert in some MoE layer; None when
+        its routing health is not recorded (or the model has no routing)."""
+        return None if self.expert_use is None else bool(self.expert_use["collapsed"])
 
     def to_json_dict(self) -> dict[str, Any]:
         def acc(v: Optional[float]) -> Optional[str]:
@@ -234,6 +243,8 @@ class MoEExtras:
             items.append(("flags", {k: {"passed": bool(p), "evidence": str(ev)} for k, (p, ev) in self.flags.items()}))
         if self.moe is not None:
             items += [("moe", self.moe), ("k", self.k)]
+        if self.expert_use is not None:
+            items.append(("expert_use", {k: self.expert_use[k] for k in EXPERT_USE_KEYS}))
         return {EXTRA_PREFIX + k: v for k, v in items}
 
     @classmethod
@@ -258,6 +269,7 @@ class MoEExtras:
         kind = g("kind", str)
         if kind is None:
             raise LeaderboardError(f"{what}: {EXTRA_PREFIX}kind is missing")
+        use = _expert_use_of(g("expert_use", Optional[dict[str, Any]]), what)
         return cls(
             method=g("method", Optional[str]), kind=kind, arch=g("arch", Optional[str]) or "?",
             experts=g("experts", Optional[int]), scale=g("scale", Optional[float]),
@@ -278,7 +290,7 @@ class MoEExtras:
                     None if v.get("alone") is None else parse_acc(v["alone"], f"attack {k} alone"))
                 for k, v in atk.items()},
             flags=None if flags is None else {k: (f["passed"], f["evidence"]) for k, f in flags.items()},
-            moe=g("moe", Optional[str]), k=g("k", Optional[int]),
+            moe=g("moe", Optional[str]), k=g("k", Optional[int]), expert_use=use,
         )
 
 
@@ -424,6 +436,28 @@ _ARCH_NAMES = {
     "densenet": "DenseNet",
     "densenet-mini": "DenseNet-mini",
 }
+
+
+#: The routing-health fields an entry carries (see :class:`~robustmoe_bench.adapters.expert_use.ExpertUse`).
+EXPERT_USE_KEYS = ("n_inputs", "n_experts", "busiest_share", "entropy_normalised", "collapsed")
+
+
+def _expert_use_of(d: Any, what: str) -> Optional[dict[str, Any]]:
+    """The routing-health fields of an expert-use dict (results or an entry), type-checked; None if absent."""
+    if d is None:
+        return None
+    if not isinstance(d, Mapping):
+        raise LeaderboardError(f"{what}: expert_use must be an object")
+    for key, tp in (("n_inputs", int), ("n_experts", int), ("busiest_share", list[float]),
+                    ("entropy_normalised", list[float]), ("collapsed", bool)):
+        if key not in d:
+            raise LeaderboardError(f"{what}: expert_use lacks {key!r}")
+        _typed(d, key, tp, f"{what}: expert_use")
+    if not d["busiest_share"] or any(not 0 <= float(b) <= 1 for b in d["busiest_share"]):
+        raise LeaderboardError(f"{what}: expert_use busiest_share must be shares in [0, 1], one per MoE layer")
+    return {"n_inputs": int(d["n_inputs"]), "n_experts": int(d["n_experts"]),
+            "busiest_share": [float(b) for b in d["busiest_share"]],
+            "entropy_normalised": [float(e) for e in d["entropy_normalised"]], "collapsed": bool(d["collapsed"])}
 
 
 def skipped_attacks(results: Mapping[str, Any]) -> dict[str, str]:
@@ -656,6 +690,7 @@ def entry_from_results(
         flags=flags or None,
         moe=str(model["moe"]) if topk else None,
         k=int(model.get("k") or 1) if topk else None,
+        expert_use=_expert_use_of(results.get("expert_use"), "results") if kind == "moe" else None,
     )
 
     notes = [footnote] if footnote else []

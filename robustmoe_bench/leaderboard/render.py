@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..checkpoint import atomic_write_bytes
 from ..stats import count_of, wilson
@@ -141,12 +141,27 @@ def _moe_cell(e: LeaderboardEntry) -> str:
     return x.kind
 
 
+def _expert_use(e: LeaderboardEntry) -> str:
+    """The busiest expert's share (highest over the MoE layers) with the collapse mark; ``not recorded``
+    for an MoE whose results predate routing health; empty for a model without routing."""
+    x = e.extras
+    if x is None or x.kind != "moe":
+        return ""
+    if x.expert_use is None:
+        return "not recorded"
+    busiest = 100 * max(x.expert_use["busiest_share"])
+    return ("COLLAPSED, " if x.collapsed else "") + f"busiest {busiest:.0f}%"
+
+
 def _router_robustness(e: LeaderboardEntry) -> str:
+    """A collapsed router cannot change, so its figure is marked (it measures nothing about routing);
+    so is one whose routing health was not recorded."""
     x = e.extras
     if x is None or not x.router_robustness:
         return ""
     key = "pgd-50" if "pgd-50" in x.router_robustness else sorted(x.router_robustness)[0]
-    return f"{x.router_robustness[key]:.2f}% ({key})"
+    mark = {True: " — COLLAPSED router", None: " — routing health not recorded"}.get(x.collapsed, "")
+    return f"{x.router_robustness[key]:.2f}% ({key}){mark}"
 
 
 def _columns(r: Ranked) -> dict[str, str]:
@@ -167,6 +182,7 @@ def _columns(r: Ranked) -> dict[str, str]:
         "Robust (ranked)": _acc_ci(e, "ranked", e.ranking_acc),
         "PGD-50": "" if x is None else _acc_ci(e, "pgd50_acc", x.pgd50_acc),
         "n": n_label(e),
+        "Expert use": _expert_use(e),
         "Router robustness": _router_robustness(e),
         "Corruptions": _acc(e.corruptions.get("corruptions_acc")),  # an l_p entry may carry its corruption result
         "Method": "" if x is None or x.method is None else x.method,
@@ -315,7 +331,7 @@ _JS = r"""
 #: Colours of the scatter (tests look for them in a screenshot).
 POINT_COLOUR = "#d62728"
 FRONT_COLOUR = "#1f77b4"
-_NUMERIC = {"#", "Clean", "AutoAttack", "Robust (ranked)", "PGD-50", "n", "Router robustness", "GFLOPs",
+_NUMERIC = {"#", "Clean", "AutoAttack", "Robust (ranked)", "PGD-50", "n", "Expert use", "Router robustness", "GFLOPs",
             "Corruptions", "mCE"}
 
 
@@ -369,6 +385,8 @@ def _detail_html(r: Ranked, ncols: int) -> str:
             rr = "".join(f"<tr><td>{esc(k)}</td><td>{v:.2f}%</td></tr>" for k, v in sorted(x.router_robustness.items()))
             parts.append("<p><b>Routing robustness</b> (% of inputs whose routing is unchanged):</p>"
                          f"<table><tr><th>attack</th><th>routing unchanged</th></tr>{rr}</table>")
+        if x.kind == "moe":
+            parts.append("<p><b>Expert use</b> " + _expert_use_html(x) + "</p>")
         if x.flags:
             items = "".join(
                 f"<li><span class=\"{'flag-ok' if ok else 'flag-bad'}\">{'passed' if ok else 'FAILED'}</span> "
@@ -382,6 +400,21 @@ def _detail_html(r: Ranked, ncols: int) -> str:
     if e.footnote:
         parts.append(f"<p><b>Notes</b>: {_footnote_html(e.footnote)}</p>")
     return f'<tr class="detail" hidden><td colspan="{ncols}">{"".join(parts)}</td></tr>'
+
+
+def _expert_use_html(x: Any) -> str:
+    esc = html.escape
+    u = x.expert_use
+    if u is None:
+        return ("(routing health): not recorded by the evaluation that produced this entry; its router-robustness "
+                "figures cannot be read as robustness of a router that routes.")
+    per_layer = ", ".join(f"{100 * b:.0f}%" for b in u["busiest_share"])
+    text = (f"on the {u['n_inputs']} clean evaluated inputs: busiest expert per MoE layer {esc(per_layer)} "
+            f"(balanced: {100 / u['n_experts']:.0f}%)")
+    if u["collapsed"]:
+        text += (". <span class=\"flag-bad\">COLLAPSED</span>: (almost) every input takes one expert, so the "
+                 "router cannot change and its router-robustness figures measure nothing")
+    return text + "."
 
 
 def _scatter_svg(rows: list[Ranked], label: str) -> str:

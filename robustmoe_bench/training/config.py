@@ -63,8 +63,18 @@ SCALE_DEFAULT = 0.5
 #: TRADES attack starts (see module docstring).
 TRADES_STARTS = ("normal", "uniform")
 
+#: The balancing options, shared by both MoE families.
+BALANCE_FIELDS = ("balance", "balance_weight", "router_z", "router_lr")
+#: The channel family's balancing term when not given (``--balance none`` turns it off). Ours, not the
+#: paper's: without it every channel-family MoE trained here routed all inputs to one expert (the straight-
+#: through estimator trains only the chosen expert, and nothing rewards the other). Chosen on the validation
+#: split of the training set: benchmarks/results/routing_balance.md. It applies to every channel-family
+#: method alike (std, at-moe, advmoe), so comparisons stay fair; advmoe-public keeps the public code's
+#: objective (no term).
+CHANNEL_BALANCE_DEFAULTS: dict[str, Any] = {"balance": "switch", "balance_weight": 0.5, "router_z": 0.0, "router_lr": 0.1}
+
 #: The full-copy (``--moe conv``/``block``) options (see :meth:`TrainConfig.run_identity`).
-TOPK_FIELDS = ("moe", "k", "moe_stages", "noise", "capacity", "balance", "balance_weight")
+TOPK_FIELDS = ("moe", "k", "moe_stages", "noise", "capacity", "balance", "balance_weight", "router_z", "router_lr")
 
 #: Fields that describe how a run is executed, not what it computes: ignored when a folder's stored
 #: configuration is compared with a new one.
@@ -89,8 +99,10 @@ class TrainConfig:
     moe_stages: list[int] | None = None  # conv/block only: resnet stages (1-based); None: the last
     noise: float | None = None  # conv/block only: noisy-gating std (training); None: 0
     capacity: float | None = None  # conv/block only: expert capacity factor (training); None: 0 = off
-    balance: str | None = None  # conv/block only: balancing loss none, switch or entropy; None: switch
-    balance_weight: float | None = None  # conv/block only: its weight; None: 0.5
+    balance: str | None = None  # MoE only: balancing loss none, switch, entropy or cv2; None: switch
+    balance_weight: float | None = None  # MoE only: its weight; None: 0.5 (see CHANNEL_BALANCE_DEFAULTS)
+    router_z: float | None = None  # MoE only: weight of the router z-loss; None: channel default / top-k 0
+    router_lr: float | None = None  # MoE only: the routers' learning rate as a multiple of lr; None: channel default / top-k 1
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
@@ -217,17 +229,18 @@ class TrainConfig:
             self.moe = None
         topk = kind == "moe" and self.moe is not None
         if kind != "moe":
-            given = [f"--{k}" for k in (*MOE_DEFAULTS, "moe", *TOPK_DEFAULTS) if getattr(self, k) is not None]
+            given = [f"--{k}" for k in (*MOE_DEFAULTS, "moe", *TOPK_DEFAULTS, "router_z", "router_lr") if getattr(self, k) is not None]
             if given:
                 raise ConfigError(f"{', '.join(_flag(g) for g in given)} only apply to MoE models; "
                                   f"--method {self.method} trains a {kind} model")
         elif topk:
             self._resolve_topk()
         else:
-            given = [k for k in TOPK_DEFAULTS if getattr(self, k) is not None]
+            given = [k for k in TOPK_DEFAULTS if k not in BALANCE_FIELDS and getattr(self, k) is not None]
             if given:
                 raise ConfigError(f"{', '.join(_flag('--' + g) for g in given)} only {_apply(given)} to --moe conv or block "
                                   "(full-copy experts with a top-k gate)")
+            self._resolve_channel_balance()
             from ..models.builder import default_ste
 
             for k, v in MOE_DEFAULTS.items():
@@ -248,6 +261,34 @@ class TrainConfig:
             self.scale = SCALE_DEFAULT if self.scale is None else float(self.scale)
             if not (0 < self.scale <= 1):
                 raise ConfigError(f"--scale must be in (0, 1], got {self.scale}")
+
+    def _resolve_channel_balance(self) -> None:
+        """The channel family's balancing term (ours, beyond the paper: see :data:`CHANNEL_BALANCE_DEFAULTS`)."""
+        from ..training.balance import BALANCE_LOSSES
+
+        if self.method == "advmoe-public":
+            given = [f"--{_flag(k)}" for k in BALANCE_FIELDS
+                     if getattr(self, k) not in ((None, 1, 1.0) if k == "router_lr" else (None, "none", 0, 0.0))]
+            if given:
+                raise ConfigError(f"{', '.join(given)} cannot be used with --method advmoe-public: it trains the public "
+                                  "code's objective, which has no balancing term")
+            self.balance, self.balance_weight, self.router_z, self.router_lr = "none", 0.0, 0.0, 1.0
+            return
+        for k in BALANCE_FIELDS:
+            if getattr(self, k) is None:
+                setattr(self, k, CHANNEL_BALANCE_DEFAULTS[k])
+        self._check_gate_weights()
+        if self.balance not in BALANCE_LOSSES:
+            raise ConfigError(f"unknown balancing loss {self.balance!r}; known: {', '.join(BALANCE_LOSSES)}")
+
+    def _check_gate_weights(self) -> None:
+        for name in ("balance_weight", "router_z", "router_lr"):
+            if getattr(self, name) is None:
+                continue
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0 or (name == "router_lr" and v == 0):
+                raise ConfigError(f"--{_flag(name)} must be a number {'> 0' if name == 'router_lr' else '>= 0'}, got {v}")
+            setattr(self, name, v)
 
     def _resolve_topk(self) -> None:
         from ..models.topk import TOPK_KINDS
@@ -282,6 +323,7 @@ class TrainConfig:
             setattr(self, name, v)
         if self.balance not in BALANCE_LOSSES:
             raise ConfigError(f"unknown balancing loss {self.balance!r}; known: {', '.join(BALANCE_LOSSES)}")
+        self._check_gate_weights()
 
     @property
     def topk(self) -> bool:
@@ -289,10 +331,21 @@ class TrainConfig:
         return self.model_kind == "moe" and self.moe is not None
 
     def balance_term(self) -> tuple[str, float] | None:
-        """``(loss, weight)`` of the balancing loss added to the objective, or None."""
-        if not self.topk or self.balance == "none" or not self.balance_weight:
+        """The gate term added to the objective: ``(loss, weight)`` of the balancing loss, with the router
+        z-loss weight as a third element when it is on (:func:`~robustmoe_bench.training.balance.gate_loss`);
+        None when both are off."""
+        if self.model_kind != "moe":
             return None
-        return str(self.balance), float(self.balance_weight)  # type: ignore[arg-type]
+        z = float(self.router_z or 0.0)
+        if (self.balance in (None, "none") or not self.balance_weight) and not z:
+            return None
+        term: tuple = (str(self.balance or "none"), float(self.balance_weight or 0.0))
+        return term + (z,) if z else term
+
+    @property
+    def router_lr_scale(self) -> float:
+        """The routers' learning rate as a multiple of ``lr`` (1 where not set)."""
+        return float(self.router_lr) if self.model_kind == "moe" and self.router_lr is not None else 1.0
 
     def model_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~robustmoe_bench.models.create_model` for this run's model."""

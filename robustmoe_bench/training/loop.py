@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import InMemoryImageDataset, as_tensors, load_dataset, subset_indices
-from ..errors import ConfigError
+from ..adapters.expert_use import expert_use_of
+from ..errors import ConfigError, RoutingCollapseWarning
 from ..models.factory import RoutedNet
 from . import distributed as D
 from . import outputs as O
@@ -93,6 +95,24 @@ def _load_data(cfg: TrainConfig) -> _Data:
         raise ConfigError(f"the training set has {idx.numel()} examples, fewer than one batch ({cfg.batch_size})")
     hx, hy = as_tensors(plain, val)  # type: ignore[arg-type]
     return _Data(train, idx, hx, hy)
+
+
+def make_optimizer(net: RoutedNet, groups: list[list[torch.nn.Parameter]], cfg: TrainConfig) -> torch.optim.SGD:
+    """The SGD optimiser of a phase: one group per parameter group of the method; a group made of router
+    parameters only runs at ``--router-lr`` times the schedule's rate (``pg["lr_scale"]``; the loop sets
+    ``pg["lr"] = lr * pg["lr_scale"]`` every step)."""
+    router_ids = {id(p) for p in net.router_parameters()} if net.spec.is_moe else set()
+    return torch.optim.SGD([{"params": g, "lr": cfg.lr,
+                             "lr_scale": cfg.router_lr_scale if g and all(id(p) in router_ids for p in g) else 1.0}
+                            for g in groups], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def validation_examples(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
+    """The validation split of ``cfg``'s training set (the per-epoch monitor's examples, never trained on):
+    ``x`` ``[m, C, H, W]`` in [0, 1] and ``y`` ``[m]``. For choosing defaults without touching test data."""
+    cfg = cfg.resolve()
+    d = _load_data(cfg)
+    return d.hold_x, d.hold_y
 
 
 def _epoch_batches(data: _Data, cfg: TrainConfig, epoch: int, streams: int, dctx: D.DistContext) -> list[Tensor]:
@@ -182,8 +202,9 @@ def training_meta(cfg: TrainConfig, history: list[dict[str, Any]], world: int) -
     """The ``training`` metadata stored in checkpoints: method, hyper-parameters and final accuracies."""
     last = history[-1] if history else {}
     extra = {}
-    if cfg.topk:  # the balancing loss is part of the objective of the full-copy (top-k) family
-        extra = {"balance": cfg.balance, "balance_weight": cfg.balance_weight}
+    if cfg.model_kind == "moe" and cfg.balance is not None:  # the balancing loss is part of the objective
+        extra = {"balance": cfg.balance, "balance_weight": cfg.balance_weight, "router_z": cfg.router_z,
+                 "router_lr": cfg.router_lr}
     return {
         **extra,
         "method": cfg.method, "kind": cfg.model_kind, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
@@ -281,6 +302,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
     cur_phase = -1
     opt: torch.optim.Optimizer | None = None
     fwd: torch.nn.Module = net
+    collapse_warned = any(h.get("expert_use", {}).get("collapsed") for h in history)  # once per run
 
     for epoch in range(start, total_epochs):
         ph = max(i for i in range(len(phases)) if bounds[i] <= epoch and phases[i].epochs > 0)
@@ -289,8 +311,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             net = method.prepare(net, ph, cfg).to(dctx.device)
             groups = method.param_groups(net, ph)
             set_trainable(net, [p for g in groups for p in g])
-            opt = torch.optim.SGD([{"params": g} for g in groups], lr=cfg.lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
+            opt = make_optimizer(net, groups, cfg)
             if in_phase > 0 and momentum:
                 _load_momentum(opt, momentum)
             # Every trainable parameter gets a gradient each step, MoE included: an MoE conv's experts
@@ -313,7 +334,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
         for s, group in enumerate(_iter_steps(data, batches, streams, cfg, epoch, dctx)):
             lr = _cosine(cfg.lr, in_phase * steps + s, phase_total)
             for pg in opt.param_groups:
-                pg["lr"] = lr
+                pg["lr"] = lr * pg["lr_scale"]
             r = method.step(sctx, group)
             for k, v in r.losses.items():
                 sums[k] = sums.get(k, 0.0) + v * r.seen
@@ -333,6 +354,15 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             # CPU time of this process: on a shared machine, the better measure of the work done
             "cpu_seconds": round(time.process_time() - c0, 3),
         }
+        if dctx.is_main:
+            use = expert_use_of(net, data.hold_x)
+            if use is not None:  # routing health on the validation examples (clean)
+                row["expert_use"] = use.to_dict()
+                if use.collapsed and not collapse_warned:
+                    collapse_warned = True
+                    warnings.warn(f"{cfg.method} epoch {epoch + 1}: routing collapsed -- {use.summary()}; the MoE "
+                                  "computes a single pathway there (see --balance)", RoutingCollapseWarning,
+                                  stacklevel=2)
         if dctx.active:
             row["world_size"] = dctx.world_size
             row["ranks_identical"] = identical
@@ -371,7 +401,12 @@ def _summary(row: dict[str, Any], total: int, method: str) -> str:
     parts += [loss, f"train {row['train_acc']:.1f}%",
               f"validation clean {row['clean_acc']:.1f}% PGD-10 {row['pgd10_acc']:.1f}%",
               f"lr {row['lr_end']:.4f}", f"{row['seconds']:.1f}s"]
+    use = row.get("expert_use")
+    if use:
+        parts.insert(-2, f"busiest expert {100 * max(use['busiest_share']):.0f}%"
+                     + (" COLLAPSED" if use["collapsed"] else ""))
     return " | ".join(parts)
 
 
-__all__ = ["TrainResult", "train", "evaluate_holdout", "training_meta", "validation_split", "VALIDATION_SEED"]
+__all__ = ["TrainResult", "train", "evaluate_holdout", "training_meta", "validation_examples", "validation_split",
+           "VALIDATION_SEED"]

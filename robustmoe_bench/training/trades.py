@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .balance import forwards_balance_loss
+from .balance import gate_loss
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class TradesLoss:
     robust: float
     correct: int
     balance: float | None = None
+    router_z: float | None = None
 
 
 def _kl(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
@@ -82,13 +83,13 @@ def pgd_kl(model: nn.Module, x: Tensor, eps: float, steps: int, step_size: float
 
 
 def trades_loss(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, beta: float,
-                balance: tuple[str, float] | None = None, net: nn.Module | None = None) -> TradesLoss:
+                balance: tuple | None = None, net: nn.Module | None = None) -> TradesLoss:
     """TRADES loss on clean ``x`` ``[B, C, H, W]``, labels ``y`` ``[B]`` and the adversarial ``x_adv``.
 
     ``model`` is called in whatever mode it is in (train mode during training) with two separate
     forwards, so the clean and adversarial batches keep their own batch-norm statistics.
-    ``balance``: ``(loss, weight)`` of a balancing loss of the gates (:mod:`.balance`), averaged over
-    both forwards and added to the total; ``net`` is the bare model whose routing is traced (``model``
+    ``balance``: the gate term ``(loss, weight[, z_weight])`` (a balancing loss of the gates and the router
+    z-loss, :mod:`.balance`), averaged over both forwards and added to the total; ``net`` is the bare model whose routing is traced (``model``
     may be its DistributedDataParallel wrapper).
     """
     with balance_trace(net if net is not None else model, balance) as forwards:
@@ -97,17 +98,17 @@ def trades_loss(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, beta: flo
     natural = F.cross_entropy(logits, y)
     robust = _kl(logits_adv, F.softmax(logits, dim=1))
     total = natural + beta * robust
-    bal = None
+    parts: dict[str, float] = {}
     if balance is not None:
-        b = forwards_balance_loss(forwards, balance[0])
-        total = total + balance[1] * b
-        bal = float(b.detach())
+        g, parts = gate_loss(forwards, balance)
+        total = total + g
     correct = int((logits.detach().argmax(1) == y).sum())
-    return TradesLoss(total, float(natural.detach()), float(robust.detach()), correct, bal)
+    return TradesLoss(total, float(natural.detach()), float(robust.detach()), correct, parts.get("balance"),
+                      parts.get("router_z"))
 
 
 @contextmanager
-def balance_trace(net: nn.Module, balance: tuple[str, float] | None) -> Iterator[list]:
+def balance_trace(net: nn.Module, balance: tuple | None) -> Iterator[list]:
     """Record the routing of the forwards inside the block when a balancing loss needs it; yields the
     list of recorded forwards (empty without ``balance``)."""
     if balance is None:

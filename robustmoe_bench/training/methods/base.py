@@ -76,7 +76,11 @@ class Method:
         return net
 
     def param_groups(self, net: RoutedNet, phase: int) -> list[list[nn.Parameter]]:
-        """Parameter groups trained in ``phase`` (one optimiser group each, same schedule)."""
+        """Parameter groups trained in ``phase`` (one optimiser group each, same schedule). An MoE model's
+        routers are a group of their own (``--router-lr`` scales a group made of router parameters only)."""
+        router = net.router_parameters() if net.spec.is_moe else []
+        if router:
+            return [router, net.backbone_parameters()]
         return [list(net.parameters())]
 
     def step(self, ctx: StepContext, batches: list[Batch]) -> StepResult:
@@ -101,6 +105,8 @@ def trades_step(ctx: StepContext, batch: Batch, group: int | None = None) -> Ste
     losses = {"loss": float(out.total.detach()), "natural": out.natural, "robust": out.robust}
     if out.balance is not None:
         losses["balance"] = out.balance
+    if out.router_z is not None:
+        losses["router_z"] = out.router_z
     return StepResult(losses, out.correct, int(y.shape[0]))
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..balance import forwards_balance_loss
+from ..balance import gate_loss
 from ..trades import balance_trace
 from . import METHODS
 from .base import Batch, Method, StepContext, StepResult, update
@@ -20,10 +20,10 @@ class Standard(Method):
         natural = F.cross_entropy(logits, y)
         loss = natural
         losses = {"natural": float(natural.detach())}
-        if balance is not None:  # the gates' balancing loss (--moe conv/block)
-            b = forwards_balance_loss(forwards, balance[0])
-            loss = loss + balance[1] * b
-            losses["balance"] = float(b.detach())
+        if balance is not None:  # the gates' balancing loss and router z-loss (MoE models)
+            g, parts = gate_loss(forwards, balance)
+            loss = loss + g
+            losses.update(parts)
         update(ctx, loss)
         correct = int((logits.detach().argmax(1) == y).sum())
         return StepResult({"loss": float(loss.detach()), **losses}, correct, int(y.shape[0]))
