@@ -109,6 +109,19 @@ class ZooModel:
         return m
 
     @property
+    def routing_health(self) -> str:
+        """The recorded results' expert use: ``busiest 55%`` (the busiest expert's share, highest over the
+        MoE layers), ``COLLAPSED (busiest 100%)``, ``not recorded`` (MoE results that predate it), or
+        empty for a model without routing or without results."""
+        if str(self.model.get("kind")) != "moe" or not self.results:
+            return ""
+        use = self.results.get("expert_use")
+        if not isinstance(use, dict) or not use.get("busiest_share"):
+            return "not recorded"
+        busiest = f"busiest {100 * max(use['busiest_share']):.0f}%"
+        return f"COLLAPSED ({busiest})" if use.get("collapsed") else busiest
+
+    @property
     def headline(self) -> str:
         """``clean x%, AutoAttack y%, worst case z%`` from the recorded results (or ``no results``)."""
         r = self.results

@@ -43,12 +43,33 @@ def files(tmp_path: Path) -> list[Path]:
 
 
 EXPECTED_MD = """\
-| model | arch | dataset | method | kind | clean | pgd-50 | autoattack | square | worst case [95% CI] | n | vs best | GFLOPs | saving vs Dense |
-| :--- | :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| dense_at | resnet18 | cifar10 | at-dense | dense | 84.00 | 52.00 | 48.50 | - | 48.25 [38.5, 57.7] | 100 | - | 0.5567 | 0.0% |
-| moe_advmoe | resnet18 | cifar10 | advmoe | moe N=2 r=0.5 layer | 82.12 | 51.50 | - | - | 50.00 [40.4, 59.6] | 100 | - | 0.1505 | 73.0% |
-| sdense_mini | resnet-mini | fashion-mnist | at-sdense | sdense r=0.5 | 70.00 | - | - | 60.00 | 59.00 [49.2, 68.1] | 100 | best | 0.01 | - |
+| model | arch | dataset | method | kind | clean | pgd-50 | autoattack | square | worst case [95% CI] | n | vs best | GFLOPs | saving vs Dense | expert use; router robust |
+| :--- | :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| dense_at | resnet18 | cifar10 | at-dense | dense | 84.00 | 52.00 | 48.50 | - | 48.25 [38.5, 57.7] | 100 | - | 0.5567 | 0.0% | - |
+| moe_advmoe | resnet18 | cifar10 | advmoe | moe N=2 r=0.5 layer | 82.12 | 51.50 | - | - | 50.00 [40.4, 59.6] | 100 | - | 0.1505 | 73.0% | not recorded |
+| sdense_mini | resnet-mini | fashion-mnist | at-sdense | sdense r=0.5 | 70.00 | - | - | 60.00 | 59.00 [49.2, 68.1] | 100 | best | 0.01 | - | - |
 """
+
+
+def test_routing_health_column_marks_collapsed_routers(tmp_path: Path) -> None:
+    def moe(name: str, **over) -> Path:
+        d = result("moe", 80.0, {"pgd-50": 50.0, "worst_case": 49.0}, 0.1, "at-moe")
+        d.update(over)
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(d))
+        return p
+
+    use = {"n_inputs": 100, "n_experts": 2, "busiest_share": [0.55, 0.61], "collapsed": False}
+    rows = compare_results([
+        moe("routes", expert_use=use, router_robustness={"pgd-50": 71.0}),
+        moe("collapsed", expert_use=dict(use, busiest_share=[1.0, 1.0], collapsed=True),
+            router_robustness={"pgd-50": 100.0}),
+        moe("old", router_robustness={"pgd-50": 100.0}),
+    ]).rows
+    assert [r.routing for r in rows] == ["61%; 71.0% (pgd-50)", "100% COLLAPSED; 100.0% (pgd-50) meaningless",
+                                         "not recorded; 100.0% (pgd-50) unverified"]
+    with pytest.raises(ResultsFileError, match="expert_use must hold busiest_share"):
+        compare_results([moe("bad", expert_use={"collapsed": "yes"})])
 
 
 def test_markdown_exact(files: list[Path]) -> None:
@@ -59,7 +80,7 @@ def test_markdown_exact(files: list[Path]) -> None:
     # the terminal view keeps the headline attacks only; rows and worst case unchanged
     small = table.compact()
     assert small.attacks == ["pgd-50", "autoattack"] and small.rows == table.rows
-    assert [row[-5] for row in small.cells()] == ["48.25 [38.5, 57.7]", "50.00 [40.4, 59.6]", "59.00 [49.2, 68.1]"]
+    assert [row[-6] for row in small.cells()] == ["48.25 [38.5, 57.7]", "50.00 [40.4, 59.6]", "59.00 [49.2, 68.1]"]
     assert small.headers()[6:8] == ["pgd-50", "autoattack"] and "square" not in small.headers()
 
 

@@ -54,7 +54,8 @@ def write_json(path: Path, obj) -> Path:
 
 def test_register_and_load_back(tiny_ckpt, tmp_path, capsys):
     ckpt, model = tiny_ckpt
-    res = write_json(tmp_path / "results.json", results_for(ckpt, model))
+    collapsed = {"n_inputs": 100, "n_experts": 2, "busiest_share": [1.0, 1.0], "collapsed": True}
+    res = write_json(tmp_path / "results.json", results_for(ckpt, model, expert_use=collapsed))
     zoo = tmp_path / "zoo"
     rc = run(["zoo", "add", "tiny-moe", str(ckpt), "--results", str(res), "--root", str(zoo),
               "--description", "test model"])
@@ -85,9 +86,10 @@ def test_register_and_load_back(tiny_ckpt, tmp_path, capsys):
     assert run(["zoo", "list", "--root", str(zoo)]) == 0
     out = capsys.readouterr().out
     assert "tiny-moe" in out and "ok" in out and "AutoAttack 55.00%" in out
+    assert "COLLAPSED" in out  # the routing health of the recorded results, marked
     assert run(["zoo", "show", "tiny-moe", "--root", str(zoo)]) == 0
     out = capsys.readouterr().out
-    assert "sha256 verified" in out and "worst case 53.00%" in out
+    assert "sha256 verified" in out and "worst case 53.00%" in out and "COLLAPSED (busiest 100%)" in out
     assert run(["zoo", "show", "tiny-moe", "--root", str(zoo), "--json"]) == 0
     cap = capsys.readouterr()
     shown = json.loads(cap.out)

@@ -63,6 +63,10 @@ class CompareRow:
     #: full-copy expert design (``conv``/``block``) and its top-k; "channel"/1 for the AdvMoE design
     design: str = "channel"
     k: int = 1
+    #: routing health and router robustness as one cell: the busiest expert's share (highest over the MoE
+    #: layers), COLLAPSED when some layer sends (almost) every input to one expert, then the share of inputs
+    #: whose routing PGD-50 left unchanged; "-" for a model without routing
+    routing: str = MISSING
 
     @property
     def n_label(self) -> str:
@@ -95,7 +99,7 @@ class CompareTable:
 
     def headers(self) -> list[str]:
         return (["model", "arch", "dataset", "method", "kind", "clean"] + self.attacks
-                + ["worst case [95% CI]", "n", "vs best", "GFLOPs", "saving vs Dense"])
+                + ["worst case [95% CI]", "n", "vs best", "GFLOPs", "saving vs Dense", "expert use; router robust"])
 
     def cells(self) -> list[list[str]]:
         """Formatted cells: accuracies with two decimals, GFLOPs with four significant digits."""
@@ -105,7 +109,7 @@ class CompareTable:
             out.append([r.name, r.arch, r.dataset, r.method, r.kind_label, _pct(r.clean_acc), *acc,
                         r.worst_text, r.n_label, r.vs_best,
                         MISSING if r.gflops is None else f"{r.gflops:.4g}",
-                        MISSING if r.saving is None else f"{100 * r.saving:.1f}%"])
+                        MISSING if r.saving is None else f"{100 * r.saving:.1f}%", r.routing])
         return out
 
     def compact(self, attacks: tuple[str, ...] = ("pgd-50", "autoattack")) -> "CompareTable":
@@ -144,6 +148,9 @@ class CompareTable:
         t.add_column("worst\n[95% CI]", justify="right", no_wrap=True)
         t.add_column("vs best", justify="right", no_wrap=True)
         t.add_column("GFLOPs", justify="right", no_wrap=True)
+        routed = any(r.routing != MISSING for r in self.rows)
+        if routed:
+            t.add_column("expert use;\nrouter robust", justify="right")
         for r in self.rows:
             parts = [r.kind_label] if r.method in (MISSING, r.name) else [r.method, r.kind_label]
             parts += [x for label, x in (("arch", r.arch), ("dataset", r.dataset), ("n", f"n={r.n_label}"))
@@ -156,7 +163,8 @@ class CompareTable:
             worst = _pct(r.worst_case) + ("" if iv is None else f"\n[dim]\\[{iv[0]:.1f}, {iv[1]:.1f}][/]")
             vs = escape(r.vs_best).replace(" n.s.", "\nn.s.")
             t.add_row(f"{escape(r.name)}\n{desc}", _pct(r.clean_acc), *acc, worst, vs,
-                      MISSING if r.gflops is None else f"{r.gflops:.4g}")
+                      MISSING if r.gflops is None else f"{r.gflops:.4g}",
+                      *([escape(r.routing).replace("; ", ";\n")] if routed else []))
         return t
 
     def _full_width(self) -> int:
@@ -240,7 +248,32 @@ def read_result(path: str | os.PathLike) -> CompareRow:
         robust_acc={k: v for k, v in accs.items() if k != WORST}, worst_case=accs[WORST], gflops=total,
         n=n, n_total=n_total, worst_interval=iv, outcomes=outcomes, indices_sha256=sha,
         design=str(model.get("moe", "channel")), k=int(model.get("k", 1)) if isinstance(model.get("k", 1), int) else 1,
+        routing=_routing_cell(data, model["kind"], p),
     )
+
+
+def _routing_cell(data: dict, kind: str, p: Path) -> str:
+    """The ``expert use; router robust`` cell of a results file (see :attr:`CompareRow.routing`)."""
+    if kind != "moe":
+        return MISSING
+    use = data.get("expert_use")
+    if use is None:
+        text = "not recorded"
+        collapsed = None
+    else:
+        busiest = use.get("busiest_share") if isinstance(use, dict) else None
+        if (not isinstance(busiest, list) or not busiest or not all(isinstance(b, (int, float)) for b in busiest)
+                or not isinstance(use.get("collapsed"), bool)):
+            raise ResultsFileError(f"{p}: expert_use must hold busiest_share (numbers) and collapsed (true/false)")
+        collapsed = use["collapsed"]
+        text = f"{100 * max(busiest):.0f}%" + (" COLLAPSED" if collapsed else "")
+    rr = data.get("router_robustness")
+    if isinstance(rr, dict) and rr:
+        key = "pgd-50" if "pgd-50" in rr else sorted(rr)[0]
+        v = _number(rr, key, p, "router_robustness ")
+        # a collapsed router cannot change: its figure measures nothing, and says so
+        text += f"; {v:.1f}% ({key})" + {True: " meaningless", None: " unverified"}.get(collapsed, "")
+    return text
 
 
 def compare_results(paths: list[str | os.PathLike]) -> CompareTable:

@@ -38,7 +38,8 @@ def list_cmd(
         for m in models:
             s = status[m.name]
             t.add_row(escape(m.name), escape(_describe(m.model)), escape(str(m.training.get("method", ""))),
-                      escape(m.headline), f"[{_STYLE[s]}]{s}[/]")
+                      escape(m.headline) + (f"; expert use: {_health(m.routing_health)}" if m.routing_health else ""),
+                      f"[{_STYLE[s]}]{s}[/]")
         if not models:
             console.print(f"the zoo at {zoo.registry_path} is empty", highlight=False, soft_wrap=True, markup=False)
         else:
@@ -46,6 +47,10 @@ def list_cmd(
     bad = sorted(n for n, s in status.items() if s == "MISMATCH")
     if bad:
         raise ZooError(f"{len(bad)} model(s) failed sha256 verification: {', '.join(bad)}")
+
+
+def _health(text: str) -> str:
+    return f"[bold red]{escape(text)}[/]" if text.startswith("COLLAPSED") else escape(text)
 
 
 def _describe(spec: dict) -> str:
@@ -81,6 +86,8 @@ def show_cmd(
         if m.training:
             t.add_row("training", escape(json.dumps(m.training, sort_keys=True)))
         t.add_row("results", escape(m.headline))
+        if m.routing_health:
+            t.add_row("expert use", _health(m.routing_health))
         if m.results and m.results.get("gflops"):
             g = m.results["gflops"]
             t.add_row("GFLOPs", escape(f"pathway {g.get('pathway')}, router {g.get('router')}, total {g.get('total')}"))
