@@ -42,7 +42,7 @@ def train_cmd(
     balance: Optional[str] = typer.Option(None, "--balance", help="MoE: balancing loss of the gates: switch (default), entropy, cv2 or none (channel family: ours, not the paper's; advmoe-public: none)."),
     balance_weight: Optional[float] = typer.Option(None, "--balance-weight", help="MoE: weight of the balancing loss (default 0.5)."),
     router_z: Optional[float] = typer.Option(None, "--router-z", help="MoE: weight of the router z-loss (default 0 = off)."),
-    router_lr: Optional[float] = typer.Option(None, "--router-lr", help="MoE: the routers' learning rate as a multiple of --lr (channel family default 0.1, ours; top-k default 1)."),
+    router_lr: Optional[float] = typer.Option(None, "--router-lr", help="MoE: the routers' learning rate as a multiple of --lr (channel family default 0.01, ours; top-k default 1). --balance none --router-lr 1 is the paper's objective."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (at-sparse: over all three phases)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine decay)."),

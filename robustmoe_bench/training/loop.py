@@ -361,7 +361,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
                 if use.collapsed and not collapse_warned:
                     collapse_warned = True
                     warnings.warn(f"{cfg.method} epoch {epoch + 1}: routing collapsed -- {use.summary()}; the MoE "
-                                  "computes a single pathway there (see --balance)", RoutingCollapseWarning,
+                                  "computes a single pathway there (see --balance and --router-lr)", RoutingCollapseWarning,
                                   stacklevel=2)
         if dctx.active:
             row["world_size"] = dctx.world_size
