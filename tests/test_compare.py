@@ -68,6 +68,14 @@ def test_routing_health_column_marks_collapsed_routers(tmp_path: Path) -> None:
     ]).rows
     assert [r.routing for r in rows] == ["61%; 71.0% (pgd-50)", "100% COLLAPSED; 100.0% (pgd-50) meaningless",
                                          "not recorded; 100.0% (pgd-50) unverified"]
+    # the terminal's stacked layout (80 columns) keeps the mark in the model cell
+    from rich.console import Console
+
+    con = Console(width=80, record=True)
+    con.print(compare_results([moe("collapsed2", expert_use=dict(use, busiest_share=[1.0, 1.0], collapsed=True),
+                                   router_robustness={"pgd-50": 100.0})]).to_rich(80))
+    text = " ".join(con.export_text().split())
+    assert "COLLAPSED" in text and "meaningless" in text
     with pytest.raises(ResultsFileError, match="expert_use must hold busiest_share"):
         compare_results([moe("bad", expert_use={"collapsed": "yes"})])
 

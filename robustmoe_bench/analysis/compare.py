@@ -148,23 +148,24 @@ class CompareTable:
         t.add_column("worst\n[95% CI]", justify="right", no_wrap=True)
         t.add_column("vs best", justify="right", no_wrap=True)
         t.add_column("GFLOPs", justify="right", no_wrap=True)
-        routed = any(r.routing != MISSING for r in self.rows)
-        if routed:
-            t.add_column("expert use;\nrouter robust", justify="right")
         for r in self.rows:
             parts = [r.kind_label] if r.method in (MISSING, r.name) else [r.method, r.kind_label]
             parts += [x for label, x in (("arch", r.arch), ("dataset", r.dataset), ("n", f"n={r.n_label}"))
                       if not any(s.startswith(label + " ") for s in shared)]
             if r.saving is not None:
                 parts.append(f"saves {100 * r.saving:.0f}%")
+            if r.routing != MISSING:  # routing health in the model cell: a column would not fit
+                use, _, robust = r.routing.partition("; ")
+                parts.append(f"busiest expert {use}" if use != "not recorded" else "expert use not recorded")
+                if robust:
+                    parts.append(f"router robust {robust}")
             desc = f"[dim]{escape(', '.join(parts))}[/]"
             acc = [_pct(r.robust_acc[a]) if a in r.robust_acc else MISSING for a in self.attacks]
             iv = r.worst_interval
             worst = _pct(r.worst_case) + ("" if iv is None else f"\n[dim]\\[{iv[0]:.1f}, {iv[1]:.1f}][/]")
             vs = escape(r.vs_best).replace(" n.s.", "\nn.s.")
             t.add_row(f"{escape(r.name)}\n{desc}", _pct(r.clean_acc), *acc, worst, vs,
-                      MISSING if r.gflops is None else f"{r.gflops:.4g}",
-                      *([escape(r.routing).replace("; ", ";\n")] if routed else []))
+                      MISSING if r.gflops is None else f"{r.gflops:.4g}")
         return t
 
     def _full_width(self) -> int:
