@@ -18,15 +18,13 @@ finish, so an interrupted run resumes; ``<out>.md`` is rewritten from all rows a
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from cells import command_line, mean_std, run_cells
 
 #: name -> TrainConfig overrides of the routing candidate
 _OFF = dict(balance="none", balance_weight=0.0, router_z=0.0, router_lr=1.0)
@@ -98,14 +96,6 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
                 forced_change=forced, seconds=round(secs, 1))
 
 
-def _mean(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.1f}"
-    return f"{statistics.fmean(xs):.1f} ± {statistics.stdev(xs):.1f}"
-
-
 def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
     # each routed method's clean accuracy against its width-matched reference of the same seed
     ref = {(r["preset"], m, r["seed"]): r["val_clean_acc"] for r in rows if r["method"] in REFERENCES
@@ -135,10 +125,10 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
         vs = [r["val_clean_acc"] - ref[(preset, method, r["seed"])] for r in rs if (preset, method, r["seed"]) in ref]
         ok = (all(b <= 100 * TARGET_BUSIEST.get(n, 1.0) for b in busiest) and all(f >= 100 * TARGET_FORCED for f in forced)
               and (method != "std" or bool(vs and all(v >= -3 for v in vs))))
-        lines.append(f"| {preset} | {method} | {n} | {cand} | {len(rs)} | {_mean(busiest)} | "
-                     f"{sum(bool(r['collapsed']) for r in rs)}/{len(rs)} | {_mean(forced)} | "
-                     f"{_mean([r['val_clean_acc'] for r in rs])} | {_mean([r['val_pgd10_acc'] for r in rs])} | "
-                     f"{_mean(gaps)} | {_mean(vs) if vs else '-'} | {'met' if ok else 'not met'} | "
+        lines.append(f"| {preset} | {method} | {n} | {cand} | {len(rs)} | {mean_std(busiest)} | "
+                     f"{sum(bool(r['collapsed']) for r in rs)}/{len(rs)} | {mean_std(forced)} | "
+                     f"{mean_std([r['val_clean_acc'] for r in rs])} | {mean_std([r['val_pgd10_acc'] for r in rs])} | "
+                     f"{mean_std(gaps)} | {mean_std(vs) if vs else '-'} | {'met' if ok else 'not met'} | "
                      f"{statistics.fmean(r['seconds'] for r in rs):.0f} |")
     if refs:
         lines += ["", "References without routing (same preset and seeds):", "",
@@ -147,8 +137,8 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
         for r in refs:
             by.setdefault((r["preset"], r["method"]), []).append(r)
         for (preset, method), rs in sorted(by.items()):
-            lines.append(f"| {preset} | {method} | {len(rs)} | {_mean([r['val_clean_acc'] for r in rs])} | "
-                         f"{_mean([r['val_pgd10_acc'] for r in rs])} | {statistics.fmean(r['seconds'] for r in rs):.0f} |")
+            lines.append(f"| {preset} | {method} | {len(rs)} | {mean_std([r['val_clean_acc'] for r in rs])} | "
+                         f"{mean_std([r['val_pgd10_acc'] for r in rs])} | {statistics.fmean(r['seconds'] for r in rs):.0f} |")
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
     return text
@@ -171,30 +161,16 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown candidate(s): {', '.join(bad)}; known: {', '.join(CANDIDATES)}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".jsonl")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     key = ("preset", "method", "experts", "candidate", "seed")
-    done = {tuple(r[k] for k in key) for r in rows}
     cells = []
     for method in args.methods.split(","):
         for n in ([0] if not _routed(method) else [int(e) for e in args.experts.split(",")]):
             for cand in (["-"] if not _routed(method) else cands):
                 for seed in [int(s) for s in args.seeds.split(",")]:
-                    c = dict(preset=args.preset, method=method, experts=n,
-                             candidate=cand, seed=seed)
-                    if tuple(c[k] for k in key) not in done:
-                        cells.append(dict(c, data_root=args.data_root))
-    print(f"{len(cells)} cells to run ({len(rows)} done)", flush=True)
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for row in pool.map(run_cell, cells):
-            row.pop("data_root", None)
-            rows.append(row)
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
-    command = ("python benchmarks/routing_balance.py (rows of every invocation in routing_balance.jsonl; torch "
-               f"{__import__('torch').__version__}, {platform.machine()}, 1 thread per cell, {os.cpu_count()} cores)")
+                    cells.append(dict(preset=args.preset, method=method, experts=n, candidate=cand, seed=seed,
+                                      data_root=args.data_root))
+    rows = run_cells(out, key, cells, run_cell, args.jobs)
+    command = command_line("routing_balance.py", out)
     print(write_markdown(rows, out, command))
 
 

@@ -16,15 +16,13 @@ finish (an interrupted run resumes); ``<out>.md`` is rewritten from all rows at 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from cells import command_line, mean_std, run_cells
 
 #: name -> TrainConfig overrides; ``step_mult``: the step size is step_mult * eps / train_steps
 #: (2.5 eps over the steps, Madry et al.'s rule), None: the config's default (0.625 eps, the public code's)
@@ -58,14 +56,6 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
                 n_val=cfg.holdout, seconds=round(secs, 1))
 
 
-def _mean(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.1f}"
-    return f"{statistics.fmean(xs):.1f} ± {statistics.stdev(xs):.1f}"
-
-
 def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -86,8 +76,8 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
         sd = f"{statistics.stdev(last):.1f}" if len(last) > 1 else "-"
         per = "; ".join("/".join(f"{v:.0f}" for v in r["pgd10_by_epoch"]) for r in rs)
         lines.append(f"| {preset} | {method} | {variant} | {rs[0]['train_steps']} | {rs[0]['step_size'] / rs[0]['eps']:.3g} "
-                     f"| {len(rs)} | {_mean([r['clean_by_epoch'][-1] for r in rs])} | {_mean(last)} | {sd} | "
-                     f"{_mean(swings)} | {', '.join(f'{g:.1f}' for g in gaps)} | {per} | "
+                     f"| {len(rs)} | {mean_std([r['clean_by_epoch'][-1] for r in rs])} | {mean_std(last)} | {sd} | "
+                     f"{mean_std(swings)} | {', '.join(f'{g:.1f}' for g in gaps)} | {per} | "
                      f"{statistics.fmean(r['seconds'] for r in rs):.0f} |")
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
@@ -109,24 +99,11 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown variant(s): {', '.join(bad)}; known: {', '.join(VARIANTS)}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".jsonl")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     key = ("preset", "method", "variant", "seed")
-    done = {tuple(r[k] for k in key) for r in rows}
     cells = [dict(preset=args.preset, method=m, variant=v, seed=int(s), data_root=args.data_root)
              for m in args.methods.split(",") for v in variants for s in args.seeds.split(",")]
-    cells = [c for c in cells if tuple(c[k] for k in key) not in done]
-    print(f"{len(cells)} cells to run ({len(rows)} done)", flush=True)
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for row in pool.map(run_cell, cells):
-            row.pop("data_root", None)
-            rows.append(row)
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
-    command = ("python benchmarks/trades_stability.py (rows of every invocation in trades_stability.jsonl; torch "
-               f"{__import__('torch').__version__}, {platform.machine()}, 1 thread per cell, {os.cpu_count()} cores)")
+    rows = run_cells(out, key, cells, run_cell, args.jobs)
+    command = command_line("trades_stability.py", out)
     print(write_markdown(rows, out, command))
 
 
