@@ -3,6 +3,7 @@ training cells on worker processes, append each finished row to ``<out>.jsonl`` 
 resumes: cells whose key is there already are skipped), and format mean ± std over seeds."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -38,6 +39,33 @@ def command_line(script: str, out: Path) -> str:
 
     return (f"python benchmarks/{script} (rows of every invocation in {out.with_suffix('.jsonl').name}; torch "
             f"{torch.__version__}, {platform.machine()}, 1 thread per cell, {os.cpu_count()} cores)")
+
+
+def cell_arguments(ap: argparse.ArgumentParser, name: str, methods: str, methods_help: str = "") -> None:
+    """The options every cell benchmark takes: --preset, --methods, --seeds, --jobs, --out (default
+    ``results/<name>``), --data-root."""
+    ap.add_argument("--preset", default="fmnist-mini")
+    ap.add_argument("--methods", default=methods, help=methods_help or "comma-separated training methods")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / name))
+    ap.add_argument("--data-root", default=None)
+
+
+def choose(csv: str, known: dict[str, Any], what: str) -> list[str]:
+    """The comma-separated names of ``csv``; an unknown one stops the script with one line."""
+    names = [c for c in csv.split(",") if c]
+    bad = [c for c in names if c not in known]
+    if bad:
+        raise SystemExit(f"unknown {what}(s): {', '.join(bad)}; known: {', '.join(known)}")
+    return names
+
+
+def write_text(out: Path, lines: list[str]) -> str:
+    """Write ``lines`` as ``<out>.md`` and return the text."""
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text)
+    return text
 
 
 def mean_std(xs: list[float]) -> str:

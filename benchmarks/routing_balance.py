@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cells import command_line, mean_std, run_cells
+from cells import cell_arguments, choose, command_line, mean_std, run_cells, write_text
 
 #: name -> TrainConfig overrides of the routing candidate
 _OFF = dict(balance="none", balance_weight=0.0, router_z=0.0, router_lr=1.0)
@@ -139,27 +139,17 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
         for (preset, method), rs in sorted(by.items()):
             lines.append(f"| {preset} | {method} | {len(rs)} | {mean_std([r['val_clean_acc'] for r in rs])} | "
                          f"{mean_std([r['val_pgd10_acc'] for r in rs])} | {statistics.fmean(r['seconds'] for r in rs):.0f} |")
-    text = "\n".join(lines) + "\n"
-    out.with_suffix(".md").write_text(text)
-    return text
+    return write_text(out, lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="fmnist-mini")
-    ap.add_argument("--methods", default="at-moe", help="comma-separated: std, at-moe, advmoe, and the references "
-                    "std-sdense, at-sdense")
+    cell_arguments(ap, "routing_balance", "at-moe", "comma-separated: std, at-moe, advmoe, and the references "
+                   "std-sdense, at-sdense")
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
-    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--experts", default="2", help="comma-separated expert counts")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "routing_balance"))
-    ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
-    cands = [c for c in args.candidates.split(",") if c]
-    bad = [c for c in cands if c not in CANDIDATES]
-    if bad:
-        raise SystemExit(f"unknown candidate(s): {', '.join(bad)}; known: {', '.join(CANDIDATES)}")
+    cands = choose(args.candidates, CANDIDATES, "candidate")
     out = Path(args.out)
     key = ("preset", "method", "experts", "candidate", "seed")
     cells = []

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cells import command_line, mean_std, run_cells
+from cells import cell_arguments, choose, command_line, mean_std, run_cells, write_text
 
 #: name -> TrainConfig overrides; ``step_mult``: the step size is step_mult * eps / train_steps
 #: (2.5 eps over the steps, Madry et al.'s rule), None: the config's default (0.625 eps, the public code's)
@@ -79,25 +79,15 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
                      f"| {len(rs)} | {mean_std([r['clean_by_epoch'][-1] for r in rs])} | {mean_std(last)} | {sd} | "
                      f"{mean_std(swings)} | {', '.join(f'{g:.1f}' for g in gaps)} | {per} | "
                      f"{statistics.fmean(r['seconds'] for r in rs):.0f} |")
-    text = "\n".join(lines) + "\n"
-    out.with_suffix(".md").write_text(text)
-    return text
+    return write_text(out, lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="fmnist-mini")
-    ap.add_argument("--methods", default="at-dense")
+    cell_arguments(ap, "trades_stability", "at-dense")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "trades_stability"))
-    ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        raise SystemExit(f"unknown variant(s): {', '.join(bad)}; known: {', '.join(VARIANTS)}")
+    variants = choose(args.variants, VARIANTS, "variant")
     out = Path(args.out)
     key = ("preset", "method", "variant", "seed")
     cells = [dict(preset=args.preset, method=m, variant=v, seed=int(s), data_root=args.data_root)
