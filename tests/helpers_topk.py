@@ -12,6 +12,10 @@ from robustmoe_bench.data import as_tensors, load_dataset
 from robustmoe_bench.models import create_model
 
 
+#: threads of the helper's training (this machine's 2 cores)
+TRAIN_THREADS = 2
+
+
 def train_topk(folder: Path, moe: str = "conv", k: int = 2, experts: int = 3, steps: int = 120,
                n_train: int = 1000, n_test: int = 200, seed: int = 0) -> dict[str, Path]:
     """Write ``n_train``/``n_test`` real Fashion-MNIST images under ``folder/data`` and a resnet-tiny
@@ -20,6 +24,18 @@ def train_topk(folder: Path, moe: str = "conv", k: int = 2, experts: int = 3, st
     data.mkdir(parents=True, exist_ok=True)
     root = write_fmnist_subset(data, n_train, n_test)
     xtr, ytr = as_tensors(load_dataset("fashion-mnist", "train", root=root))
+    # a fixed thread count: the trained weights (and the accuracy the tests assert) must not depend on the
+    # thread count an earlier test or OMP_NUM_THREADS left behind (1 and 2 threads train different models)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        return _train(folder, root, xtr, ytr, moe, k, experts, steps, n_train, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(folder: Path, root: Path, xtr: torch.Tensor, ytr: torch.Tensor, moe: str, k: int, experts: int,
+           steps: int, n_train: int, seed: int) -> dict[str, Path]:
     torch.manual_seed(seed)
     model = create_model("resnet-tiny", "moe", moe=moe, experts=experts, k=k, dataset="fashion-mnist")
     opt = torch.optim.Adam(model.parameters(), 3e-3)
