@@ -32,8 +32,11 @@ from typing import ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .base import Attack, positive_int
+
+#: How the AutoAttack adapters run: ``fast`` (robustmoe_bench.attacks.autoattack_fast) or ``reference``.
+ENGINES = ("fast", "reference")
 
 #: The standard version's numbers of target classes (APGD-T and FAB-T).
 STANDARD_TARGET_CLASSES = 9
@@ -59,6 +62,10 @@ class PyAutoAttack(Attack):
         n_queries (int | None): Square queries; ``None`` = standard (5000). Default: None.
         n_target_classes (int | None): APGD-T/FAB-T targets; ``None`` = standard (9). Default: None.
         batch_size (int): AutoAttack's batch size. Default: 250.
+        engine (str): ``"fast"`` (the same algorithm for less work, see
+            :mod:`robustmoe_bench.attacks.autoattack_fast`) or ``"reference"``
+            (``AutoAttack.run_standard_evaluation`` itself). Default: ``"reference"`` (``fast`` becomes the
+            default once the side-by-side benchmark at n >= 500 confirms its decisions).
         verbose (bool): let AutoAttack log its progress and warnings. Default: False.
 
     Shape:
@@ -83,6 +90,7 @@ class PyAutoAttack(Attack):
         n_queries: int | None = None,
         n_target_classes: int | None = None,
         batch_size: int = 250,
+        engine: str = "reference",
         verbose: bool = False,
         **hyper: object,
     ) -> None:
@@ -91,6 +99,9 @@ class PyAutoAttack(Attack):
         self.n_queries = None if n_queries is None else positive_int("n_queries", n_queries)
         self.n_target_classes = None if n_target_classes is None else positive_int("n_target_classes", n_target_classes)
         self.batch_size = positive_int("batch_size", batch_size)
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.engine = engine
         self.verbose = bool(verbose)
         self.warnings: list[str] = []
 
@@ -149,10 +160,19 @@ class PyAutoAttack(Attack):
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         self._check_classes(model, x)
-        aa = self.build(model, x.device)
         capture = _Capture()
-        with _quiet(capture, self.verbose), torch.random.fork_rng(devices=_cuda_devices(x)):
-            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)  # type: ignore[attr-defined]
+        if self.engine == "reference":
+            aa = self.build(model, x.device)
+            with _quiet(capture, self.verbose), torch.random.fork_rng(devices=_cuda_devices(x)):
+                x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)  # type: ignore[attr-defined]
+        else:
+            from .autoattack_fast import channels_last_weights, run_cascade
+
+            with channels_last_weights(model) as fast, _quiet(capture, self.verbose), \
+                    torch.random.fork_rng(devices=_cuda_devices(x)):
+                aa = self.build(fast, x.device)
+                x_adv = run_cascade(aa, fast, x, y, self._runs, eps=self.eps, norm=self.norm,
+                                    batch_size=self.batch_size)
         self.warnings = capture.messages
         return x_adv
 

@@ -80,6 +80,8 @@ def evaluate_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from <out>.state after an interruption."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    autoattack: str = typer.Option("reference", "--autoattack", help="How AutoAttack runs: fast (the same decisions, "
+                                   "less work) or reference (pyautoattack's run_standard_evaluation)."),
     corruptions: Optional[str] = typer.Option(None, "--corruptions", help="--suite corruptions: a comma-separated subset (default: all 15)."),
     severities: Optional[str] = typer.Option(None, "--severities", help="--suite corruptions: comma-separated severities (default 1-5)."),
     model: Optional[str] = mo.MODEL,
@@ -112,7 +114,7 @@ def evaluate_cmd(
         raise ConfigError("--corruptions and --severities are options of --suite corruptions")
     res = evaluate(
         ckpt if ckpt is not None else opts.load(), suite=suite, n_examples=n_examples, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
-        data_root=data_root, out=out, resume=resume, device=device, progress=not quiet,
+        data_root=data_root, out=out, resume=resume, device=device, progress=not quiet, autoattack=autoattack,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 reports

@@ -261,6 +261,7 @@ def evaluate(
     *,
     dataset: Optional[str] = None,
     check_examples: int = CHECK_EXAMPLES,
+    autoattack: str = "reference",
     attack_factory: AttackFactory | None = None,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> EvalResult:
@@ -273,12 +274,18 @@ def evaluate(
     ``n_examples``: ``None`` = every test example, else a seeded subset. ``eps``: a float or a fraction
     string (``"8/255"``); ``None`` = the data set's default. ``resume``: continue from ``<out>.state``.
     ``attack_factory`` (tests) replaces ``create_attack``; ``on_batch(i)`` is called after batch ``i`` is
-    saved. Bad input raises a :class:`~robustmoe_bench.errors.RobustMoEError` before anything is written.
+    saved. ``autoattack``: how AutoAttack and its four attacks run, ``"fast"`` (the same decisions for less
+    work, :mod:`robustmoe_bench.attacks.autoattack_fast`) or ``"reference"`` (pyautoattack's
+    ``run_standard_evaluation``); the engine is recorded with each attack's parameters. Bad input raises a :class:`~robustmoe_bench.errors.RobustMoEError` before anything is written.
     """
     from ..data import as_tensors, get_dataset_info, load_dataset, subset_indices
 
     # -------------------------------------------------- validate everything before writing anything
     the_suite = get_suite(suite)
+    from ..attacks.autoattack import ENGINES
+
+    if autoattack not in ENGINES:
+        raise ConfigError(f"--autoattack must be one of {', '.join(ENGINES)}, got {autoattack!r}")
     require_positive_int(batch_size, "batch size")
     require_positive_int(n_examples, "number of examples", optional=True)
     if resume and out is None:
@@ -315,6 +322,13 @@ def evaluate(
     attacks = plan(the_suite, routed, min(adapter.num_experts()) if adapter is not None else 0,
                    can_force=bool(adapter is not None and adapter.can_force),
                    adapter_name=adapter.name if adapter is not None else "")
+    from ..attacks import ATTACKS
+    from ..attacks.autoattack import PyAutoAttack
+
+    for a in attacks:
+        cls = ATTACKS.get(a.attack) if a.attack in ATTACKS else None
+        if isinstance(cls, type) and issubclass(cls, PyAutoAttack) and "engine" not in a.hyper:
+            a.hyper["engine"] = autoattack
     factory = attack_factory
     if factory is None:
         from ..attacks import create_attack as factory  # noqa: N813
