@@ -79,8 +79,7 @@ def channels_last_weights(model: nn.Module) -> Iterator[nn.Module]:
                 changed.append((t, old))
         yield ChannelsLast(model)
     finally:
-        for t, old in changed:
-            old.copy_(t.data)  # the same values (nothing writes weights during an attack)
+        for t, old in changed:  # nothing writes weights during an attack: the original storage is current
             t.data = old
 
 
