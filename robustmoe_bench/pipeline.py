@@ -279,13 +279,19 @@ def _run_jobs(jobs: list[_Job], workers: int, console: Console, seconds: dict[st
             pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 p.terminate()
+            deadline = time.monotonic() + 30
             for p in procs:
-                p.join(timeout=10)
-            # the executor's manager thread reaps the same workers: wait for it too, so that no worker
-            # handle is left behind when the error reaches the caller (joining it alone raced with it)
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
+                if p.exitcode is None and p.is_alive():  # still running after SIGTERM (a loaded machine)
+                    p.kill()
+                    p.join(timeout=10)
+            # the executor's manager thread reaps the same workers (its waitpid and ours race: whichever
+            # loses sees no child and leaves the exit code unset for a moment): wait for it to finish, so
+            # that no worker handle is left behind when the error reaches the caller. It ends once the
+            # workers are dead; the bound is for safety on a loaded machine (CI failed once at 10 s).
             manager = getattr(pool, "_executor_manager_thread", None)
             if manager is not None:
-                manager.join(timeout=10)
+                manager.join(timeout=60)
     return results
 
 
