@@ -20,6 +20,7 @@ from all rows.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -77,7 +78,8 @@ def main() -> None:
     ap.add_argument("ckpt")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--engine", default="fast", choices=("fast", "reference"))
+    ap.add_argument("--engine", default="fast", choices=("fast", "reference", "both"),
+                    help="our suite's AutoAttack engine; both: one row each, same process, after one reference run")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,24 +92,30 @@ def main() -> None:
     idx = subset_indices(len(test), args.n, 0)
     x, y = as_tensors(test, idx)
     ref_robust, ref_s = reference(model, x, y, eps)
-    t0 = time.perf_counter()
-    res = evaluate(args.ckpt, suite="standard", n_examples=args.n, eps=eps, seed=0, progress=False,
-                   autoattack=args.engine)
-    ours_s = time.perf_counter() - t0
-    ours = torch.tensor([c == "1" for c in res.outcomes["autoattack"]])
-    assert res.indices_sha256 is not None
-    row = {
-        "model": Path(args.ckpt).stem, "n": args.n, "threads": args.threads, "engine": args.engine,
-        "aa_reference": 100 * float(ref_robust.float().mean()), "aa_ours": 100 * float(ours.float().mean()),
-        "agreement": float(ours.eq(ref_robust).float().mean()),
-        "seconds_reference": round(ref_s, 1), "seconds_ours": round(ours_s, 1),
-        "seconds_ours_autoattack": round(sum(a.seconds for a in res.attacks if a.name == "autoattack"), 1),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-    }
-    print(json.dumps(row))
+    rows_new = []
+    for engine in (("fast", "reference") if args.engine == "both" else (args.engine,)):
+        t0 = time.perf_counter()
+        res = evaluate(args.ckpt, suite="standard", n_examples=args.n, eps=eps, seed=0, progress=False,
+                       autoattack=engine)
+        ours_s = time.perf_counter() - t0
+        # the suite evaluated the same examples as the reference run, in the same order
+        assert res.examples is not None
+        assert res.examples["indices_sha256"] == hashlib.sha256(idx.numpy().tobytes()).hexdigest()
+        ours = torch.tensor([c == "1" for c in res.examples["autoattack"]])
+        row = {
+            "model": Path(args.ckpt).stem, "n": args.n, "threads": args.threads, "engine": engine,
+            "aa_reference": 100 * float(ref_robust.float().mean()), "aa_ours": 100 * float(ours.float().mean()),
+            "agreement": float(ours.eq(ref_robust).float().mean()),
+            "seconds_reference": round(ref_s, 1), "seconds_ours": round(ours_s, 1),
+            "seconds_ours_autoattack": round(sum(a.seconds for a in res.attacks if a.name == "autoattack"), 1),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        }
+        print(json.dumps(row), flush=True)
+        rows_new.append(row)
     out = Path(args.results)
     with open(out / "autoattack_engines.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+        for row in rows_new:
+            f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in open(out / "autoattack_engines.jsonl")]
     write_markdown(rows, out / "autoattack_engines.md")
 
