@@ -388,7 +388,11 @@ def _canonical(obj: Any) -> str:
 
 
 def _check_results(results: dict[str, Any], sha: str, spec: dict[str, Any], ckpt: Path) -> None:
-    """The results must be about this checkpoint: same sha256 (when recorded) and model spec."""
+    """The results must be about this checkpoint: same sha256 (when recorded) and model spec, and measured
+    (not the ``screen`` suite's estimate)."""
+    if results.get("estimate"):
+        raise ZooError(f"the results are an estimate (suite {results.get('suite', '?')!r}); "
+                       "the zoo records measured results: evaluate with --suite standard, table1 or full")
     recorded = results.get("checkpoint_sha256")
     if recorded is not None and recorded != sha:
         raise ZooError(

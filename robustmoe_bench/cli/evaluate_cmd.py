@@ -54,9 +54,15 @@ def results_table(res: EvalResult) -> Table:
     t.add_row("[bold]worst case[/]", f"[bold]{_ci(res, 'robust_acc', 'worst_case', res.worst_case)}[/]", "", "", "",
               f"{res.seconds:.1f}")
     skipped = [a.name for a in res.attacks if a.skipped is not None]
+    captions = []
     if skipped:  # never silently fewer attacks: say what the worst case covers
-        t.caption = (f"worst case over {len(res.attacks) - len(skipped)} of {len(res.attacks)} attacks; "
-                     f"skipped: {escape(', '.join(skipped))} (reasons below)")
+        captions.append(f"worst case over {len(res.attacks) - len(skipped)} of {len(res.attacks)} attacks; "
+                        f"skipped: {escape(', '.join(skipped))} (reasons below)")
+    if res.estimate:
+        captions.append("ESTIMATE of AutoAttack's figure (screening), not a measurement: "
+                        "not for the leaderboard or the zoo")
+    if captions:
+        t.caption = "\n".join(captions)
     return t
 
 

@@ -73,7 +73,7 @@ class EvalResult:
     in %). ``expert_use``: routing health on the clean evaluated examples (``None`` without routing).
     ``n_total`` is the size of the test set the ``n_examples`` were drawn from. ``examples``
     holds the per-example outcomes (``"0110..."`` over the evaluation set, in order: ``clean``,
-    ``worst_case`` and, where measured, ``autoattack`` alone) and ``indices_sha256``, which names the
+    ``worst_case`` and, where measured, ``autoattack`` alone or the ``screen`` suite's ``autoattack-estimate``) and ``indices_sha256``, which names the
     evaluated examples, so two results on the same examples can be compared with a paired test."""
 
     suite: str
@@ -108,6 +108,9 @@ class EvalResult:
     #: as a dict: shares per layer, busiest share, normalised entropy, ``collapsed``); ``None`` for a model
     #: without routing (and in results written before it existed)
     expert_use: Optional[dict[str, Any]] = None
+    #: True for a suite that estimates AutoAttack's figure (``screen``) instead of running AutoAttack:
+    #: a figure for model selection, never for a leaderboard or the zoo
+    estimate: bool = False
 
     @property
     def collapsed(self) -> bool:

@@ -32,7 +32,7 @@ from ..adapters.external import model_dataset, model_record
 from .results import AttackResult, EvalResult, pct
 from ..stats import count_of, wilson
 from .state import BatchRecord, StateFolder, mask_to_str, output_lock, str_to_mask
-from .suites import AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, plan, run_cascade
+from .suites import SCREEN_GROUP, AttackFactory, PlannedAttack, Suite, derive_seed, get_suite, plan, run_cascade
 
 DEFAULT_BATCH_SIZE = 100
 #: Examples (the first of the evaluation set) the gradient-masking checks run on. 200: the checks'
@@ -446,8 +446,9 @@ def _finish(
     if routed:  # % of examples whose routing no attack changed: a proportion of n like the accuracies
         intervals["router_robustness"] = {name: wilson(n - count_of(v, n), n).to_dict() for name, v in routing.items()}
     outcomes = {"clean": mask_to_str(clean), "worst_case": mask_to_str(robust)}
-    if "autoattack" in alone:
-        outcomes["autoattack"] = mask_to_str(alone["autoattack"])
+    for group in ("autoattack", SCREEN_GROUP):
+        if group in alone:
+            outcomes[group] = mask_to_str(alone[group])
     seconds = sum(r.seconds for r in records)
 
     # the first examples of the evaluation set serve the checks and the FLOP count
@@ -494,7 +495,7 @@ def _finish(
         seconds=round(seconds, 3), model=model_record(model), training=training,
         checkpoint=ckpt_path, checkpoint_sha256=ckpt_sha, package_version=__version__, worst_case_attacks=ran,
         n_total=n_total, robust_acc_alone=robust_alone, intervals=intervals,
-        examples={"indices_sha256": indices_sha, **outcomes}, expert_use=use,
+        examples={"indices_sha256": indices_sha, **outcomes}, expert_use=use, estimate=suite.estimate,
     )
 
 

@@ -581,6 +581,11 @@ def entry_from_results(
         raise LeaderboardError(
             f"results lack {', '.join(missing)}: is this the output of 'robustmoe-bench evaluate --out'?"
         )
+    if results.get("estimate"):
+        raise LeaderboardError(
+            f"results of suite {results.get('suite', '?')!r} are an estimate of AutoAttack, not a measurement; "
+            "a leaderboard entry needs AutoAttack itself: evaluate with --suite standard, table1 or full"
+        )
     r = "results"
     dataset = BenchmarkDataset.parse(_typed(results, "dataset", str, r))
     tm = ThreatModel.parse(_typed(results, "threat_model", str, r))
