@@ -37,7 +37,7 @@ RESULT_KEYS = {
     "schema_version", "suite", "dataset", "threat_model", "eps", "eps_str", "n_examples", "seed", "clean_acc",
     "robust_acc", "attacks", "routing", "router_robustness", "flags", "unreliable", "gflops", "seconds", "model",
     "training", "checkpoint", "checkpoint_sha256", "package_version", "worst_case_attacks",
-    "n_total", "robust_acc_alone", "intervals", "examples", "expert_use",
+    "n_total", "robust_acc_alone", "intervals", "examples", "expert_use", "estimate",
 }
 
 
@@ -246,7 +246,7 @@ def test_quick_suite_json_matches_direct_pgd(setup: dict[str, Path], tmp_path: P
                         "--batch-size", "16", "--seed", "3", "--data-root", str(setup["data"]), "--out", str(out), "-q"])
     assert code == 0
     d = json.loads(out.read_text())
-    assert set(d) == RESULT_KEYS and d["schema_version"] == 1
+    assert set(d) == RESULT_KEYS and d["schema_version"] == 1 and d["estimate"] is False
     assert not StateFolder.for_output(out).exists()  # the state is removed once the results are written
     res = EvalResult.from_json(out.read_text())
     assert res.to_dict() == d
