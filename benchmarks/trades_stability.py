@@ -31,6 +31,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "steps-2-uniform": dict(train_steps=2, trades_start="uniform"),
     "steps-5": dict(train_steps=5, step_mult=2.5),
     "steps-10": dict(train_steps=10, step_mult=2.5),
+    # half the peak learning rate, and the run outputs the moving average of its weights (--ema); the
+    # last iterate of the same run is recorded too (``raw_*``), so one run measures both
+    "steps-5-lr-0.05-ema": dict(train_steps=5, step_mult=2.5, lr=0.05, ema=0.999),
 }
 
 
@@ -51,7 +54,11 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         res = train(cfg, Path(tmp) / "run", progress=False)
         secs = time.perf_counter() - t0
-    return dict(cell, eps=float(cfg.eps), train_steps=cfg.train_steps, step_size=cfg.step_size, trades_start=cfg.trades_start,
+    raw = {}
+    if cfg.ema is not None:  # the last iterate of the same run
+        raw = dict(raw_clean_by_epoch=[h["raw_clean_acc"] for h in res.history],
+                   raw_pgd10_by_epoch=[h["raw_pgd10_acc"] for h in res.history])
+    return dict(cell, **raw, lr=cfg.lr, ema=cfg.ema, eps=float(cfg.eps), train_steps=cfg.train_steps, step_size=cfg.step_size, trades_start=cfg.trades_start,
                 clean_by_epoch=[h["clean_acc"] for h in res.history], pgd10_by_epoch=[h["pgd10_acc"] for h in res.history],
                 n_val=cfg.holdout, seconds=round(secs, 1))
 
@@ -60,6 +67,9 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, command: str) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["preset"], r["method"], r["variant"]), []).append(r)
+        if "raw_pgd10_by_epoch" in r:  # the same runs' last iterate, as a row of its own
+            groups.setdefault((r["preset"], r["method"], r["variant"] + " (last iterate)"), []).append(
+                dict(r, clean_by_epoch=r["raw_clean_by_epoch"], pgd10_by_epoch=r["raw_pgd10_by_epoch"]))
     lines = ["# TRADES inner attack and the stability of robust training (validation split)", "", f"`{command}`", "",
              "Validation split of the training set (never test data). *largest epoch-to-epoch PGD-10 swing*: the "
              "largest |change| of validation PGD-10 between consecutive epochs of a run (mean over seeds); "

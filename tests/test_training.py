@@ -359,3 +359,78 @@ def test_torchrun_two_processes_identical_weights_rank0_writes(tmp_path, tiny_ro
     assert not (logs / "writes-rank1.txt").exists(), "rank 1 wrote files"
     written = {Path(p).name for p in (logs / "writes-rank0.txt").read_text().split()}
     assert {"ckpt.pt", "config.json", "metrics.jsonl", "state.safetensors", "trajectory.png"} <= written
+
+
+# --------------------------------------------------------------------------- weight average (--ema)
+def test_weight_average_follows_its_decay_schedule():
+    from robustmoe_bench.training.loop import WeightAverage
+    net = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    avg = WeightAverage(net, 0.5)
+    assert [round(avg.rate(t), 4) for t in (0, 1, 8, 1000)] == [0.1, 0.1818, 0.5, 0.5]
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+        net.num_batches_tracked.fill_(7)
+    avg.update(net, 0)  # 0.1 * 1 + 0.9 * 3
+    assert torch.allclose(avg.model.weight, torch.full((3,), 2.8))
+    with torch.no_grad():
+        net.weight.fill_(-1.0)
+    avg.update(net, 1)  # (2/11) * 2.8 + (9/11) * -1
+    assert torch.allclose(avg.model.weight, torch.full((3,), 2 / 11 * 2.8 - 9 / 11))
+    assert int(avg.model.num_batches_tracked) == 7  # integer buffers are copied, not averaged
+    assert not avg.model.weight.requires_grad
+    with pytest.raises(ConfigError, match="does not match"):
+        WeightAverage(torch.nn.Linear(2, 2), 0.5, saved={"ema.weight": torch.zeros(2, 2)})
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.1])
+def test_ema_decay_must_lie_in_the_open_unit_interval(tiny_root, bad):
+    with pytest.raises(ConfigError, match="--ema"):
+        tiny_cfg(tiny_root, ema=bad)
+    assert "ema" not in tiny_cfg(tiny_root).run_identity()  # runs from before the option keep their identity
+    assert tiny_cfg(tiny_root, ema=0.99).run_identity()["ema"] == 0.99
+
+
+def test_ema_outputs_the_average_and_leaves_training_unchanged(tmp_path, tiny_root):
+    from robustmoe_bench.training.loop import evaluate_holdout, validation_examples
+    kw = dict(method="at-moe", router="shared", epochs=2)
+    plain = train(tiny_cfg(tiny_root, **kw), tmp_path / "plain", progress=False)
+    cfg = tiny_cfg(tiny_root, ema=0.999, **kw)
+    avg = train(cfg, tmp_path / "ema", progress=False)
+    # training is the same: the last iterate equals the plain run's, weights and monitor alike
+    raw = load_checkpoint(tmp_path / "ema" / "state.safetensors").model.state_dict()
+    ref = load_checkpoint(plain.ckpt).model.state_dict()
+    assert all(torch.equal(raw[k], ref[k]) for k in ref)
+    assert [(r["raw_clean_acc"], r["raw_pgd10_acc"]) for r in avg.history] == \
+        [(r["clean_acc"], r["pgd10_acc"]) for r in plain.history]
+    # the checkpoint holds the average, and the monitor's figures are the average's
+    out = load_checkpoint(avg.ckpt)
+    w = out.model.state_dict()
+    assert any(not torch.equal(w[k], ref[k]) for k in ref if w[k].is_floating_point())
+    assert out.meta["training"]["ema"] == 0.999
+    x, y = validation_examples(cfg)
+    from robustmoe_bench.training.loop import _seed, _STREAM_EVAL
+    clean, robust = evaluate_holdout(out.model, x, y, float(cfg.eps), cfg.eval_steps, _seed(cfg.seed, 1, _STREAM_EVAL))
+    assert (clean, robust) == (avg.history[-1]["clean_acc"], avg.history[-1]["pgd10_acc"])
+    assert "expert_use" in avg.history[-1]
+
+
+def test_ema_run_resumes_to_the_same_average(tmp_path, tiny_root, monkeypatch):
+    from robustmoe_bench.training import outputs as O
+    cfg = dict(method="at-dense", epochs=3, ema=0.99)
+    full = train(tiny_cfg(tiny_root, **cfg), tmp_path / "full", progress=False)
+    real = O.write_metrics
+
+    def stop_after_first_epoch(out, history):
+        real(out, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(O, "write_metrics", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tiny_root, **cfg), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(O, "write_metrics", real)
+    cut = train(tiny_cfg(tiny_root, **cfg), tmp_path / "cut", progress=False, resume=True)
+    a, b = load_checkpoint(full.ckpt).model.state_dict(), load_checkpoint(cut.ckpt).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run's weight average differs"
+    assert [r["pgd10_acc"] for r in full.history] == [r["pgd10_acc"] for r in cut.history]

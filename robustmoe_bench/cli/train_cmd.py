@@ -51,6 +51,7 @@ def train_cmd(
     step_size: Optional[float] = typer.Option(None, "--step-size", help="TRADES attack step (default 0.625*eps)."),
     trades_start: Optional[str] = typer.Option(None, "--trades-start", help="TRADES attack start: normal (default) or uniform."),
     beta: Optional[float] = typer.Option(None, "--beta", help="TRADES beta."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="Output a moving average of the weights with this decay, e.g. 0.999 (default: off, the last iterate)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on this many training examples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (new or empty)."),
@@ -76,7 +77,7 @@ def train_cmd(
         "noise": noise, "capacity": capacity, "balance": balance, "balance_weight": balance_weight,
         "router_z": router_z, "router_lr": router_lr,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "eps_str": eps, "train_steps": train_steps,
-        "beta": beta, "seed": seed, "subset": subset,
+        "beta": beta, "ema": ema, "seed": seed, "subset": subset,
         "from_dense": str(from_dense) if from_dense is not None else None,
     }
     given = {k: v for k, v in given.items() if v is not None}

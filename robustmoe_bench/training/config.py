@@ -17,6 +17,13 @@ top-k gate per layer (:mod:`robustmoe_bench.models.topk`). ``k``, ``moe_stages``
 ``ste`` and ``scale`` to ``channel`` only. The balancing loss (``switch`` or ``entropy``, default ``switch``
 with weight 0.5, :mod:`robustmoe_bench.training.balance`) is added to every training objective.
 
+``ema`` (off by default): the run outputs an exponential moving average of its weights (and of the
+batch-norm statistics) instead of the last iterate, the weight averaging of robust training since Gowal et
+al. 2020 / Rebuffi et al. 2021. The decay at step t of a phase is ``min(ema, (1 + t) / (10 + t))`` (so the
+average starts at the phase's first steps and never spans more than about the last tenth of a phase), and the
+average restarts at each phase (at-sparse). The monitor then evaluates the average (``clean_acc``,
+``pgd10_acc``) and the last iterate (``raw_clean_acc``, ``raw_pgd10_acc``); training itself is unchanged.
+
 The per-epoch monitor (clean and PGD accuracy) runs on ``holdout`` examples split off the *training*
 set (a fixed draw, the same for every seed and method; never trained on), not on test examples.
 
@@ -119,6 +126,7 @@ class TrainConfig:
     step_size: float | None = None  # None: 0.625 * eps (the public code's 5/255 at 8/255)
     trades_start: str = "normal"  # normal: x + 0.001*N(0,1); uniform: uniform in the eps-ball
     beta: float = 6.0
+    ema: float | None = None  # decay of the exponential moving average of the weights the run outputs; None: off
     seed: int = 0
     subset: int | None = None  # train on this many training examples (seeded choice); None: all
     holdout: int = 500  # validation examples split off the training set for the per-epoch monitor
@@ -164,8 +172,9 @@ class TrainConfig:
         """The fields that define what the run computes (used to detect a different run in a folder)."""
         # the full-copy options are left out where unset, so channel-MoE and non-MoE runs keep the
         # identity they had before these options existed (sweep cells, run folders)
+        # ema likewise: runs from before the option existed keep their identity
         return {k: v for k, v in self.to_dict().items()
-                if k not in RUNTIME_FIELDS and not (k in TOPK_FIELDS and v is None)}
+                if k not in RUNTIME_FIELDS and not ((k in TOPK_FIELDS or k == "ema") and v is None)}
 
     # ------------------------------------------------------------------ validation
     def resolve(self) -> "TrainConfig":
@@ -199,6 +208,11 @@ class TrainConfig:
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
                 raise ConfigError(f"{name} must be a positive number, got {v}")
+        if self.ema is not None:
+            v = float(self.ema)
+            if not 0 < v < 1:
+                raise ConfigError(f"--ema is the decay of the weight average, in (0, 1) (e.g. 0.999), got {v}")
+            self.ema = v
         if self.subset is not None and int(self.subset) < self.batch_size:
             raise ConfigError(f"subset ({self.subset}) must hold at least one batch ({self.batch_size})")
         if self.trades_start not in TRADES_STARTS:

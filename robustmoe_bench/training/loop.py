@@ -13,6 +13,7 @@ as an uninterrupted run (on CPU, same thread count).
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -198,6 +199,46 @@ def _load_momentum(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> No
     opt.load_state_dict(sd)
 
 
+class WeightAverage:
+    """The exponential moving average of a model's weights and float buffers (``--ema``).
+
+    ``update(net, t)`` after step ``t`` (0-based, counted from the start of the phase) moves every float
+    tensor of :attr:`model`'s state toward ``net``'s with decay ``min(decay, (1 + t) / (10 + t))`` and copies
+    the others (counters, fixed masks). ``model`` is a copy of the network, never trained, in eval use.
+    ``saved``: tensors of :meth:`tensors` from a checkpoint of the same phase (resume).
+    """
+
+    PREFIX = "ema."
+
+    def __init__(self, net: torch.nn.Module, decay: float, saved: dict[str, Tensor] | None = None) -> None:
+        self.decay = float(decay)
+        self.model = copy.deepcopy(net)
+        self.model.requires_grad_(False)
+        if saved:
+            state = {k[len(self.PREFIX):]: v for k, v in saved.items() if k.startswith(self.PREFIX)}
+            own = self.model.state_dict()
+            if set(state) != set(own):
+                raise ConfigError("the saved state's weight average does not match the model; start the run again")
+            self.model.load_state_dict(state)
+
+    def rate(self, t: int) -> float:
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module, t: int) -> None:
+        d = self.rate(t)
+        src = net.state_dict()
+        for k, v in self.model.state_dict().items():
+            w = src[k].detach()
+            if v.is_floating_point():
+                v.mul_(d).add_(w.to(v.dtype), alpha=1.0 - d)
+            else:
+                v.copy_(w)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {self.PREFIX + k: v for k, v in self.model.state_dict().items()}
+
+
 def training_meta(cfg: TrainConfig, history: list[dict[str, Any]], world: int) -> dict[str, Any]:
     """The ``training`` metadata stored in checkpoints: method, hyper-parameters and final accuracies."""
     last = history[-1] if history else {}
@@ -209,7 +250,8 @@ def training_meta(cfg: TrainConfig, history: list[dict[str, Any]], world: int) -
         **extra,
         "method": cfg.method, "kind": cfg.model_kind, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "eps": cfg.eps, "eps_str": cfg.eps_str,
-        "train_steps": cfg.train_steps, "step_size": cfg.step_size, "trades_start": cfg.trades_start, "beta": cfg.beta, "seed": cfg.seed,
+        "train_steps": cfg.train_steps, "step_size": cfg.step_size, "trades_start": cfg.trades_start, "beta": cfg.beta,
+        **({"ema": cfg.ema} if cfg.ema is not None else {}), "seed": cfg.seed,
         "subset": cfg.subset, "holdout": cfg.holdout, "preset": cfg.preset, "augment": cfg.augment,
         "phase_epochs": cfg.phase_epochs, "from_dense": cfg.from_dense, "world_size": world,
         "epochs_done": len(history), "final_clean_acc": last.get("clean_acc"),
@@ -301,6 +343,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
     bar = _Bar(progress and dctx.is_main)
     cur_phase = -1
     opt: torch.optim.Optimizer | None = None
+    avg: WeightAverage | None = None
     fwd: torch.nn.Module = net
     collapse_warned = any(h.get("expert_use", {}).get("collapsed") for h in history)  # once per run
 
@@ -314,6 +357,8 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             opt = make_optimizer(net, groups, cfg)
             if in_phase > 0 and momentum:
                 _load_momentum(opt, momentum)
+            if cfg.ema is not None:  # the average restarts with each phase (at-sparse's models differ)
+                avg = WeightAverage(net, cfg.ema, momentum if in_phase > 0 else None)
             # Every trainable parameter gets a gradient each step, MoE included: an MoE conv's experts
             # are slices of one weight tensor and the routers get straight-through gradients.
             fwd = D.wrap(net, dctx, find_unused=False)
@@ -336,6 +381,8 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             for pg in opt.param_groups:
                 pg["lr"] = lr * pg["lr_scale"]
             r = method.step(sctx, group)
+            if avg is not None:
+                avg.update(net, in_phase * steps + s)
             for k, v in r.losses.items():
                 sums[k] = sums.get(k, 0.0) + v * r.seen
             correct += r.correct
@@ -343,19 +390,26 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
             bar.update(sums["loss"] / seen, 100.0 * correct / seen)
         D.sync_buffers(net, dctx)
         identical = D.ranks_identical(net, dctx)
-        clean, robust = (evaluate_holdout(net, data.hold_x, data.hold_y, float(cfg.eps), cfg.eval_steps,
+        # the model the run outputs: the weight average when --ema is on, else the last iterate
+        made = avg.model if avg is not None else net
+        clean, robust = (evaluate_holdout(made, data.hold_x, data.hold_y, float(cfg.eps), cfg.eval_steps,
                                           _seed(cfg.seed, epoch, _STREAM_EVAL))
                          if dctx.is_main else (0.0, 0.0))
+        raw: dict[str, float] = {}
+        if avg is not None and dctx.is_main:
+            rc, rr = evaluate_holdout(net, data.hold_x, data.hold_y, float(cfg.eps), cfg.eval_steps,
+                                      _seed(cfg.seed, epoch, _STREAM_EVAL))
+            raw = {"raw_clean_acc": rc, "raw_pgd10_acc": rr}
         row: dict[str, Any] = {
             "epoch": epoch + 1, "phase": phases[ph].name, "lr_end": lr,
             **{k if k == "loss" else f"{k}_loss": v / max(1, seen) for k, v in sums.items()},
-            "train_acc": 100.0 * correct / max(1, seen), "clean_acc": clean, "pgd10_acc": robust,
+            "train_acc": 100.0 * correct / max(1, seen), "clean_acc": clean, "pgd10_acc": robust, **raw,
             "holdout": int(data.hold_y.numel()), "seconds": round(time.perf_counter() - t0, 3),
             # CPU time of this process: on a shared machine, the better measure of the work done
             "cpu_seconds": round(time.process_time() - c0, 3),
         }
         if dctx.is_main:
-            use = expert_use_of(net, data.hold_x)
+            use = expert_use_of(made, data.hold_x)
             if use is not None:  # routing health on the validation examples (clean)
                 row["expert_use"] = use.to_dict()
                 if use.collapsed and not collapse_warned:
@@ -371,7 +425,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
         if dctx.is_main:
             save_checkpoint(state_path, net, training=training_meta(cfg, history, dctx.world_size),
                             extra={"epoch": epoch + 1, "history": history, "world_size": dctx.world_size},
-                            extra_tensors=_momentum_tensors(opt))
+                            extra_tensors={**_momentum_tensors(opt), **(avg.tensors() if avg is not None else {})})
             O.write_metrics(out, history)
         D.barrier(dctx)
 
@@ -381,8 +435,8 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
         history = box[0]
     ckpt = out / O.CKPT
     if dctx.is_main:
-        save_checkpoint(ckpt, net, training=training_meta(cfg, history, dctx.world_size),
-                        extra={"config": cfg.to_dict()})
+        save_checkpoint(ckpt, avg.model if avg is not None else net,
+                        training=training_meta(cfg, history, dctx.world_size), extra={"config": cfg.to_dict()})
         O.write_metrics(out, history)
         O.plot_trajectory(out, history, f"{cfg.method}: {net.spec.describe()}, eps={cfg.eps_str}")
     D.barrier(dctx)
@@ -408,5 +462,5 @@ def _summary(row: dict[str, Any], total: int, method: str) -> str:
     return " | ".join(parts)
 
 
-__all__ = ["TrainResult", "train", "evaluate_holdout", "training_meta", "validation_examples", "validation_split",
+__all__ = ["TrainResult", "WeightAverage", "train", "evaluate_holdout", "training_meta", "validation_examples", "validation_split",
            "VALIDATION_SEED"]
