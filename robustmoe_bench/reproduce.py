@@ -1,6 +1,7 @@
 """``reproduce``: a mini Table 1 of the AdvMoE paper that can be cited -- the five robust methods trained
 with several seeds, each evaluated on the same test examples with the ``table1`` suite (the ``standard``
-suite's PGD-50 and AutoAttack standard alone, plus PGD-50 with the paper's public code's step),
+suite's PGD-50 and AutoAttack standard alone, PGD-50 with the paper's public code's step, and for MoE
+models the adaptive and router attacks of ``full``),
 aggregated as mean +- std over seeds, and the paper's claims checked one by one.
 
 Each seed is one run of the main job in ``OUT/seed-<s>`` without dissection or publishing, and the jobs of
@@ -26,7 +27,9 @@ single-pathway, S-Dense-like model), and the table says so next to the claims.
 
 A claim "held" when the sign of the difference of the seed means is the claimed one; the difference
 "exceeds the seeds' spread" when ``|mean_a - mean_b| > std_a + std_b`` (sample standard deviations over
-seeds). No choice is made on test examples: the models, presets and defaults are fixed before this runs.
+seeds). Next to it, per seed, the paired comparison of the two models on the same test examples (exact
+McNemar test of their per-example worst-case outcomes, :func:`paired`): it separates a difference of the
+models of one seed from the evaluation's sampling noise, while the spread rule judges the methods. No choice is made on test examples: the models, presets and defaults are fixed before this runs.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from .adapters.expert_use import COLLAPSED_SHARE
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 from .pipeline import METHODS, PipelineConfig, run_pipelines
+from .stats import ALPHA, mcnemar_masks
 
 WORST = "worst_case"
 LABELS = {"at-dense": "AT (Dense)", "at-sdense": "AT (S-Dense)", "at-sparse": "AT (Sparse)", "at-moe": "AT (MoE)",
@@ -105,12 +109,22 @@ class Claim:
     diff: float
     spread: float
     exceeds_spread: bool
+    #: per seed, the paired comparison on the same test examples (see :func:`paired`)
+    paired: list[dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
         verdict = "held" if self.held else "did NOT hold"
         beyond = "exceeds" if self.exceeds_spread else "does not exceed"
-        return (f"{self.text}: **{verdict}** ({LABELS[self.a]} minus {LABELS[self.b]} = {self.diff:+.2f} pts; "
-                f"the difference {beyond} the seeds' spread, {self.spread:.2f} pts)")
+        out = (f"{self.text}: **{verdict}** ({LABELS[self.a]} minus {LABELS[self.b]} = {self.diff:+.2f} pts; "
+               f"the difference {beyond} the seeds' spread, {self.spread:.2f} pts)")
+        if self.paired:
+            per = ", ".join(f"seed {p['seed']} {p['diff']:+.1f} pts ({p['only_a']} vs {p['only_b']}, p = {p['p_value']:.2g})"
+                            for p in self.paired)
+            sig = sum(1 for p in self.paired if p["p_value"] < ALPHA and p["diff"] > 0)
+            out += (f"; paired on the same examples (exact McNemar, per seed: {LABELS[self.a]}-only vs "
+                    f"{LABELS[self.b]}-only robust examples): {per}; {LABELS[self.a]} significantly ahead "
+                    f"(p < {ALPHA}) on {sig} of {len(self.paired)} seeds")
+        return out
 
 
 def expert_use_of(model: Any, x: Any, batch_size: int = 250) -> dict[str, Any] | None:
@@ -161,9 +175,30 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> dict[str, MethodStats
             per_attack={a: _mean_std([r["robust_acc"][a] for r in runs]) for a in attacks},
             gflops=g.get("total"),
             runs=[{"seed": r.get("training", {}).get("seed"), "clean_acc": r["clean_acc"],
-                   "ra": r["robust_acc"][WORST]} for r in runs],
+                   "ra": r["robust_acc"][WORST], "router_robustness": r.get("router_robustness"),
+                   "worst_case": (r.get("examples") or {}).get(WORST),
+                   "indices_sha256": (r.get("examples") or {}).get("indices_sha256")} for r in runs],
         )
     return stats
+
+
+def paired(a: MethodStats, b: MethodStats) -> list[dict[str, Any]]:
+    """Per seed that both methods ran, the paired comparison of their per-example worst-case outcomes on
+    the same test examples: ``diff`` (RA of ``a`` minus RA of ``b`` in points), the discordant counts
+    ``only_a`` / ``only_b`` (robust for one model only) and the exact McNemar p-value. Seeds whose results
+    lack per-example outcomes, or whose evaluated examples differ, are left out."""
+    out = []
+    theirs = {r["seed"]: r for r in b.runs}
+    for r in a.runs:
+        o = theirs.get(r["seed"])
+        if (o is None or not r.get("worst_case") or not o.get("worst_case") or r.get("indices_sha256") is None
+                or r.get("indices_sha256") != o.get("indices_sha256")):
+            continue
+        t = mcnemar_masks(r["worst_case"], o["worst_case"])
+        n = len(r["worst_case"])
+        out.append({"seed": r["seed"], "n": n, "diff": round(100.0 * (t.only_a - t.only_b) / n, 4),
+                    "only_a": t.only_a, "only_b": t.only_b, "p_value": t.p_value})
+    return out
 
 
 def judge(stats: dict[str, MethodStats]) -> list[Claim]:
@@ -173,7 +208,7 @@ def judge(stats: dict[str, MethodStats]) -> list[Claim]:
         diff = sa.ra_mean - sb.ra_mean
         spread = sa.ra_std + sb.ra_std
         return Claim(key, text, diff > 0 if strict else diff >= 0, a, b, round(diff, 4), round(spread, 4),
-                     abs(diff) > spread)
+                     abs(diff) > spread, paired(sa, sb))
 
     out = [claim("advmoe-beats-at-moe", "AdvMoE RA > AT(MoE) RA", "advmoe", "at-moe", True),
            claim("at-moe-below-at-sdense", "AT(MoE) RA < AT(S-Dense) RA", "at-sdense", "at-moe", True)]
@@ -217,6 +252,26 @@ def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: di
                 continue
             cells = [f"{100 * max(u['busiest_share']):.1f} % of N={u['n_experts']}"
                      + (" (collapsed)" if u["collapsed"] else "") if u else "-" for u in (by_seed.get(x) for x in seeds)]
+            lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
+    routed = [s for s in stats.values() if any(r.get("router_robustness") for r in s.runs)]
+    if routed:
+        lines += ["", "Router robustness of the MoE models (% of the evaluated examples whose expert choice, in every "
+                      "MoE layer, the router attack did not change; a collapsed router cannot change, so its figure "
+                      "is marked):", "", "| method | " + " | ".join(f"seed {x}" for x in seeds) + " |",
+                  "|---|" + "---:|" * len(seeds)]
+        for s in routed:
+            by_seed = {r["seed"]: r for r in s.runs}
+            cells = []
+            for x in seeds:
+                r = by_seed.get(x) or {}
+                rr = r.get("router_robustness") or {}
+                if not rr:
+                    cells.append("-")
+                    continue
+                text = ", ".join(f"{k.removeprefix('router-')} {v:.1f}" for k, v in sorted(rr.items()))
+                if (r.get("expert_use") or {}).get("collapsed"):
+                    text += " (collapsed router)"
+                cells.append(text)
             lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
     n_collapsed = sum(1 for _, r in uses if r["expert_use"]["collapsed"])
     lines += ["", "## The paper's claims", ""]

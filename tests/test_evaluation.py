@@ -208,10 +208,17 @@ def test_suites_are_registered_cheap_first_and_planned_per_model() -> None:
     paper = get_suite("paper").attacks
     assert [s.name for s in paper] == ["pgd-50-paper", "autoattack"]
     # the mini Table 1 runs the standard suite's attacks (same order, same settings) plus the paper's PGD-50
-    # (AutoAttack as its four attacks, as in full: the masking checks then see APGD-T and FAB-T as white-box)
+    # and full's attacks on the routing (AutoAttack as its four attacks, as in full: the masking checks then
+    # see APGD-T and FAB-T as white-box)
     table1 = get_suite("table1").attacks
-    assert [s.name for s in table1] == ["pgd-50", "pgd-50-paper", "apgd-ce", "apgd-t", "fab-t", "square"]
-    assert table1[0] == get_suite("standard").attacks[0] and table1[2:] == get_suite("full").attacks[-4:]
+    assert [s.name for s in table1] == ["pgd-50", "pgd-50-paper", "soft-pgd", "joint", "pathway-forced",
+                                        "router-untargeted", "router-targeted", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert table1[0] == get_suite("standard").attacks[0] and table1[2:] == get_suite("full").attacks[1:]
+    assert all(s.moe_only for s in table1[2:7])
+    planned = {p.name: p.skipped for p in plan(get_suite("table1"), is_moe=False, experts=0)}
+    assert all(planned[n] for n in ("soft-pgd", "joint", "router-untargeted")) and not planned["pgd-50-paper"]
+    assert [p.name for p in plan(get_suite("table1"), is_moe=True, experts=2) if not p.skipped][6:8] == \
+        ["router-targeted-e0", "router-targeted-e1"]
     assert get_suite("table1").checks and not get_suite("standard").checks
     from robustmoe_bench.attacks import create_attack
     pgd = create_attack(paper[0].attack, eps=8 / 255, **dict(paper[0].hyper))

@@ -130,3 +130,36 @@ def test_table1_md_marks_collapsed_moe_models():
     assert "| AdvMoE | 100.0 % of N=2 (collapsed) | 100.0 % of N=2 (collapsed) |" in md
     assert "**3 of 4 MoE models route (almost) every input to one expert**" in md
     assert "| AT (Dense) | 80.0 / 48.0 | 82.0 / 50.0 |" in md and "| AT (Dense) | -" not in md
+
+
+def test_claims_carry_a_paired_test_per_seed_and_the_table_shows_router_robustness():
+    """Per seed, the two models' worst-case outcomes on the same examples give the discordant counts and the
+    exact McNemar p-value; a seed evaluated on other examples is not paired; MoE rows show each router
+    attack's robustness, marked where the router collapsed."""
+    def res(worst: str, seed: int, sha: str = "s", rr=None) -> dict:
+        r = _res(80, 50, 100 * worst.count("1") / len(worst), 1.0, n=len(worst), seed=seed)
+        r["examples"] = {"worst_case": worst, "indices_sha256": sha}
+        r["router_robustness"] = rr
+        return r
+
+    a0, b0 = "1" * 30 + "0" * 10, "1" * 18 + "0" * 22  # 12 examples robust for a only, none for b only
+    a1, b1 = "1" * 20 + "0" * 20, "1" * 19 + "0" * 20 + "1"  # 1 vs 1
+    rr = {"router-untargeted": 71.5, "router-targeted-e0": 80.0, "router-targeted-e1": 88.25}
+    results = {"at-dense": [res(a0, 0), res(a1, 1)], "at-sdense": [res(a0, 0), res(a1, 1)],
+               "advmoe": [res(a0, 0, rr=rr), res(a1, 1, rr=rr)], "at-moe": [res(b0, 0, rr=rr), res(b1, 1, sha="other", rr=rr)]}
+    stats = aggregate(results)
+    claims = {c.key: c for c in judge(stats)}
+    p = claims["advmoe-beats-at-moe"].paired
+    assert len(p) == 1 and p[0]["seed"] == 0  # seed 1 was evaluated on other examples: not paired
+    assert (p[0]["only_a"], p[0]["only_b"], p[0]["diff"]) == (12, 0, 30.0)
+    assert p[0]["p_value"] == pytest.approx(2 / 2 ** 12)
+    assert "significantly ahead (p < 0.05) on 1 of 1 seeds" in claims["advmoe-beats-at-moe"].line()
+    q = claims["advmoe-vs-at-dense"].paired
+    assert [(x["only_a"], x["only_b"], x["p_value"]) for x in q] == [(0, 0, 1.0), (0, 0, 1.0)]
+    stats["at-moe"].runs[0]["expert_use"] = {"n_inputs": 40, "n_experts": 2, "busiest_share": [1.0],
+                                             "entropy_normalised": [0.0], "collapsed": True}
+    md = render_markdown(stats, list(claims.values()), dict(preset="p", suite="table1", seeds=[0, 1], n_examples=40,
+                                                            eval_seed=0, seconds=1.0, command="x"))
+    assert "| AT (MoE) | targeted-e0 80.0, targeted-e1 88.2, untargeted 71.5 (collapsed router) | targeted-e0 80.0" in md
+    assert "| AdvMoE | targeted-e0 80.0, targeted-e1 88.2, untargeted 71.5 | " in md
+    assert "| AT (Dense) | targeted" not in md

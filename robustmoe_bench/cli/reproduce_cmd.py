@@ -25,7 +25,7 @@ def reproduce_cmd(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated training seeds (at least two)."),
     methods: str = typer.Option(",".join(METHODS), "--methods", help="Comma-separated methods (the paper's five)."),
     suite: str = typer.Option("table1", "--suite", help="Evaluation suite (table1: PGD-50, PGD-50 with the paper's step eps/4, "
-                                                        "AutoAttack alone)."),
+                                                        "the adaptive and router attacks on MoE models, AutoAttack alone)."),
     n_examples: int = typer.Option(1000, "--n-examples", help="Test examples per model (the same for every seed)."),
     eval_seed: int = typer.Option(0, "--eval-seed", help="Seed of the evaluated test subset and of the attacks."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set files."),

@@ -14,7 +14,10 @@ Built-in suites:
 * ``paper``: the AdvMoE paper's evaluation -- PGD-50 with its public code's step (``eps / 4``, i.e.
   2/255 at 8/255, reported as ``pgd-50-paper``), and AutoAttack standard alone as in ``standard``.
 * ``table1``: the mini Table 1's evaluation (``robustmoe-bench reproduce``): everything ``standard`` runs
-  (PGD-50 with the usual step first, AutoAttack standard alone) plus the paper's PGD-50 (step ``eps / 4``).
+  (PGD-50 with the usual step first, AutoAttack standard alone) plus the paper's PGD-50 (step ``eps / 4``)
+  and, for MoE models, the adaptive and router attacks of ``full`` (the paper's two-way attack on routers
+  and pathways; skipped with the reason for models without routing), so the worst case includes attacks
+  on the routing.
   AutoAttack runs as its four attacks in their own cascade on every clean-correct example (as in
   ``full``: the same algorithm and settings, ``autoattack`` = AutoAttack alone), so the gradient-masking
   checks, which also run, see APGD-T and FAB-T among the white-box attacks and the Square check reuses
@@ -151,13 +154,24 @@ SCREEN_PARTS = (
                group=SCREEN_GROUP),
 )
 
+#: The attacks aimed at the routing (``full`` and ``table1``): the adaptive ones that do not let hard routing
+#: mask the gradient (soft routing, joint output + router loss, pathway-forced), then the router attacks.
+MOE_ATTACKS = (
+    AttackSpec("soft-pgd", "soft-pgd", moe_only=True),
+    AttackSpec("joint", "joint", moe_only=True),
+    AttackSpec("pathway-forced", "pathway-forced", moe_only=True),
+    AttackSpec("router-untargeted", "router-untargeted", moe_only=True, scope="all"),
+    AttackSpec("router-targeted", "router-targeted", moe_only=True, scope="all", per_expert=True),
+)
+
 _add(Suite("quick", "PGD-20 (a fast first look; not a robustness claim)", (PGD20,)))
 _add(Suite("standard", "PGD-50, then AutoAttack standard alone (on every clean-correct example)", (PGD50, AUTOATTACK)))
 _add(Suite("paper", "the AdvMoE paper's evaluation: PGD-50 with step eps/4, and AutoAttack standard alone",
            (PGD50_PAPER, AUTOATTACK)))
 _add(Suite("table1", "the mini Table 1's evaluation: the standard suite (PGD-50, AutoAttack standard alone, as its four "
-           "attacks) plus PGD-50 with the paper's step eps/4, gradient-masking checks",
-           (PGD50, PGD50_PAPER) + AUTOATTACK_PARTS, checks=True))
+           "attacks), PGD-50 with the paper's step eps/4, the adaptive and router attacks of full (MoE models), "
+           "gradient-masking checks",
+           (PGD50, PGD50_PAPER, *MOE_ATTACKS, *AUTOATTACK_PARTS), checks=True))
 _add(Suite("screen", f"an estimate of AutoAttack's figure at ~0.1x its cost (APGD-CE, then APGD-T on the "
            f"{SCREEN_TARGETS} smallest-margin targets; reported as {SCREEN_GROUP}; refused by the leaderboard)",
            SCREEN_PARTS, estimate=True))
@@ -166,15 +180,7 @@ _add(Suite(
     "full",
     "PGD-50, adaptive MoE attacks (soft routing, joint, pathway-forced), router attacks, AutoAttack, "
     "gradient-masking checks",
-    (
-        PGD50,
-        AttackSpec("soft-pgd", "soft-pgd", moe_only=True),
-        AttackSpec("joint", "joint", moe_only=True),
-        AttackSpec("pathway-forced", "pathway-forced", moe_only=True),
-        AttackSpec("router-untargeted", "router-untargeted", moe_only=True, scope="all"),
-        AttackSpec("router-targeted", "router-targeted", moe_only=True, scope="all", per_expert=True),
-        *AUTOATTACK_PARTS,
-    ),
+    (PGD50, *MOE_ATTACKS, *AUTOATTACK_PARTS),
     checks=True,
 ))
 
