@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from robustmoe_bench.analysis.flops import gflops  # noqa: E402
+from robustmoe_bench.flops import gflops  # noqa: E402
 from robustmoe_bench.analysis.latency import LatencyStats, summarize, time_call  # noqa: E402
 from robustmoe_bench.checkpoint import atomic_write_bytes  # noqa: E402
 from robustmoe_bench.models import RoutedNet, create_model, force_routing, routing_trace  # noqa: E402

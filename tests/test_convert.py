@@ -45,7 +45,7 @@ def test_converted_model_computes_the_public_models_logits(tmp_path):
     assert loaded.training["converted_from"] == "advmoe-public" and loaded.training["source_epoch"] == 3
     assert len(loaded.training["source_sha256"]) == 64
     # and the analyses take it like any of our checkpoints (pathway: 64-channel stem, experts of 8..64 channels)
-    from robustmoe_bench.analysis.flops import gflops
+    from robustmoe_bench.flops import gflops
     g = gflops(model, exp["x"])
     assert 0.01 < g.pathway < 0.02 and g.router == pytest.approx(0.040931, abs=1e-6)
 

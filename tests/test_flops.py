@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustmoe_bench.analysis.flops import gflops
+from robustmoe_bench.flops import gflops
 from robustmoe_bench.errors import ModelError
 from robustmoe_bench.models import create_model, force_routing
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustmoe_bench.analysis.flops import gflops
+from robustmoe_bench.flops import gflops
 from robustmoe_bench.models import ResNetRouter, create_model
 
 # arch: (params dense, sdense, moe backbone), (GFLOPs dense, sdense, moe pathway)

@@ -227,7 +227,7 @@ def test_non_resnet_architecture_is_a_clear_error():
 
 @pytest.mark.parametrize("moe", ["conv", "block"])
 def test_flops_count_the_chosen_experts_only(moe):
-    from robustmoe_bench.analysis.flops import gflops
+    from robustmoe_bench.flops import gflops
 
     dense = gflops(create_model("resnet-tiny", "dense", dataset="fashion-mnist"))
     # the Dense cost of what one expert computes: the last stage's two 3x3 convs (+ the whole block for BlockMoE)

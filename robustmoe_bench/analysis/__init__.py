@@ -1,8 +1,8 @@
 """Analyses of trained models: FLOPs and latency, result comparison, shared plotting helpers.
 
-Modules: :mod:`.flops` (fvcore GFLOPs with MoE pathway/router split), :mod:`.latency` (measured
-forward time), :mod:`.compare` (one table over evaluation results), :mod:`.plots` (figure style and
-atomic PNG writes). Submodules are imported on first use so ``import robustmoe_bench.analysis`` stays
+Modules: :mod:`.latency` (measured forward time), :mod:`.compare` (one table over evaluation results), :mod:`.plots` (figure style and
+atomic PNG writes); ``GFlops``/``gflops`` are re-exported from :mod:`robustmoe_bench.flops` (below the
+analyses and the evaluation, which both count FLOPs). Submodules are imported on first use so ``import robustmoe_bench.analysis`` stays
 cheap (fvcore and matplotlib are slow to import).
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ _EXPORTS = {
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        mod = _EXPORTS[name]
+    return getattr(import_module("robustmoe_bench.flops" if mod == "flops" else f"{__name__}.{mod}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

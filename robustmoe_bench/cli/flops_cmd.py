@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..analysis.flops import GFlops, gflops, is_router_module
+from ..flops import GFlops, gflops, is_router_module
 from ..analysis.latency import measure_latency
 from ..checkpoint import load_checkpoint
 from ..data import as_tensors, load_dataset, subset_indices

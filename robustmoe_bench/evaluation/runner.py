@@ -234,7 +234,7 @@ def alone_masks(attacks: list[PlannedAttack], clean: torch.Tensor, fooled: dict[
 def _gflops(model: torch.nn.Module, x: torch.Tensor) -> Optional[dict[str, float]]:
     """GFLOPs per input if the analysis module is available, else ``None`` (never fails the run)."""
     try:
-        from ..analysis.flops import gflops
+        from ..flops import gflops
     except ImportError:
         return None
     try:

@@ -42,9 +42,9 @@ with warnings.catch_warnings():  # fvcore's import runs torch.jit.script, deprec
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import elementwise_flop_counter
 
-from ..errors import ModelError
-from ..models import RoutedBatchNorm2d, RoutedConv2d, RoutedLinear, RoutedNet, force_routing, routing_trace
-from ..models.trace import execution
+from .errors import ModelError
+from .models import RoutedBatchNorm2d, RoutedConv2d, RoutedLinear, RoutedNet, force_routing, routing_trace
+from .models.trace import execution
 
 GIGA = 1e9
 # Hydra constancy probe: enough inputs that a kept channel is never constant by chance, few enough
@@ -214,8 +214,8 @@ def external_gflops(model: nn.Module, x: Tensor | None = None) -> GFlops:
     pathway is traced; the average is weighted by pathway frequency. Router cost: the modules the
     adapter names (``router_modules()``; for ``--router-modules``, the matched modules and their children).
     """
-    from ..adapters.external import ExternalModel
-    from ..adapters.routing import get_adapter
+    from .adapters.external import ExternalModel
+    from .adapters.routing import get_adapter
 
     if not isinstance(model, ExternalModel):
         raise ModelError(f"FLOP counting needs a robustmoe_bench model or an ExternalModel, got {type(model).__name__}")
