@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # half the peak learning rate, and the run outputs the moving average of its weights (--ema); the
     # last iterate of the same run is recorded too (``raw_*``), so one run measures both
     "steps-5-lr-0.05-ema": dict(train_steps=5, step_mult=2.5, lr=0.05, ema=0.999),
+    # at-sparse only: the same, with two finetune epochs (phases 2 + 1 + 2) so the last two epochs are one phase
+    "steps-5-lr-0.05-ema-ft2": dict(train_steps=5, step_mult=2.5, lr=0.05, ema=0.999, phase_epochs=[2, 1, 2]),
 }
 
 

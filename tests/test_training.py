@@ -434,3 +434,12 @@ def test_ema_run_resumes_to_the_same_average(tmp_path, tiny_root, monkeypatch):
     a, b = load_checkpoint(full.ckpt).model.state_dict(), load_checkpoint(cut.ckpt).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run's weight average differs"
     assert [r["pgd10_acc"] for r in full.history] == [r["pgd10_acc"] for r in cut.history]
+
+
+def test_the_reproduce_preset_is_the_validated_stable_setting():
+    c = TrainConfig.from_preset("fmnist-repro", method="at-moe")
+    assert (c.train_steps, c.step_size, c.lr, c.ema) == (5, pytest.approx(0.05), 0.05, 0.999)
+    assert TrainConfig.from_preset("fmnist-repro", method="at-sparse").phase_epochs == [2, 1, 2]
+    # other epochs: split by the rule, not the preset's split (which would not add up)
+    assert TrainConfig.from_preset("fmnist-repro", method="at-sparse", epochs=8).phase_epochs == [4, 2, 2]
+    assert TrainConfig.from_preset("fmnist-mini", method="at-moe").ema is None
