@@ -23,13 +23,12 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from cells import machine
 
 from robustmoe_bench import load_checkpoint
 from robustmoe_bench.data import as_tensors, load_dataset, subset_indices
@@ -108,7 +107,7 @@ def main() -> None:
             "agreement": float(ours.eq(ref_robust).float().mean()),
             "seconds_reference": round(ref_s, 1), "seconds_ours": round(ours_s, 1),
             "seconds_ours_autoattack": round(sum(a.seconds for a in res.attacks if a.name == "autoattack"), 1),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+            "machine": machine(),
         }
         print(json.dumps(row), flush=True)
         rows_new.append(row)

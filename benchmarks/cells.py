@@ -1,4 +1,5 @@
-"""What the cell benchmarks share (``routing_balance.py``, ``trades_stability.py``): run independent
+"""What the cell benchmarks share (``routing_balance.py``, ``trades_stability.py``; :func:`machine` also the
+AutoAttack benchmarks): run independent
 training cells on worker processes, append each finished row to ``<out>.jsonl`` (an interrupted run
 resumes: cells whose key is there already are skipped), and format mean ± std over seeds."""
 from __future__ import annotations
@@ -31,6 +32,13 @@ def run_cells(out: Path, key: tuple[str, ...], cells: list[dict[str, Any]],
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     return rows
+
+
+def machine() -> str:
+    """The machine a row was measured on: processor, cores, torch version."""
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def command_line(script: str, out: Path) -> str:

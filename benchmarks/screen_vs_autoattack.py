@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from cells import machine
 
 from robustmoe_bench.evaluation import evaluate
 from robustmoe_bench.evaluation.suites import SCREEN_GROUP
@@ -96,7 +95,7 @@ def main() -> None:
             "cost_normalised": round((screen_s / secs["apgd-ce"]) / (aa_s / rec["apgd-ce"]), 3)
             if "apgd-ce" in rec else float("nan"),
             "threads": args.threads,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+            "machine": machine(),
         }
         print(json.dumps(row), flush=True)
         with open(out / "screen_vs_autoattack.jsonl", "a") as f:

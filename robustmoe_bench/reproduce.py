@@ -29,7 +29,8 @@ A claim "held" when the sign of the difference of the seed means is the claimed 
 "exceeds the seeds' spread" when ``|mean_a - mean_b| > std_a + std_b`` (sample standard deviations over
 seeds). Next to it, per seed, the paired comparison of the two models on the same test examples (exact
 McNemar test of their per-example worst-case outcomes, :func:`paired`): it separates a difference of the
-models of one seed from the evaluation's sampling noise, while the spread rule judges the methods. No choice is made on test examples: the models, presets and defaults are fixed before this runs.
+models of one seed from the evaluation's sampling noise, while the spread rule judges the methods. No
+choice is made on test examples: the models, presets and defaults are fixed before this runs.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from .adapters.expert_use import COLLAPSED_SHARE
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 from .pipeline import METHODS, PipelineConfig, run_pipelines
-from .stats import ALPHA, mcnemar_masks
+from .stats import ALPHA, mcnemar_paired
 
 WORST = "worst_case"
 LABELS = {"at-dense": "AT (Dense)", "at-sdense": "AT (S-Dense)", "at-sparse": "AT (Sparse)", "at-moe": "AT (MoE)",
@@ -174,12 +175,17 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> dict[str, MethodStats
             ra_std=_mean_std([r["robust_acc"][WORST] for r in runs])[1],
             per_attack={a: _mean_std([r["robust_acc"][a] for r in runs]) for a in attacks},
             gflops=g.get("total"),
-            runs=[{"seed": r.get("training", {}).get("seed"), "clean_acc": r["clean_acc"],
-                   "ra": r["robust_acc"][WORST], "router_robustness": r.get("router_robustness"),
-                   "worst_case": (r.get("examples") or {}).get(WORST),
-                   "indices_sha256": (r.get("examples") or {}).get("indices_sha256")} for r in runs],
+            runs=[_run_row(r) for r in runs],
         )
     return stats
+
+
+def _run_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One seed's entry of :attr:`MethodStats.runs`, from its results JSON."""
+    ex = r.get("examples") or {}
+    return {"seed": r.get("training", {}).get("seed"), "clean_acc": r["clean_acc"], "ra": r["robust_acc"][WORST],
+            "router_robustness": r.get("router_robustness"), "worst_case": ex.get(WORST),
+            "indices_sha256": ex.get("indices_sha256")}
 
 
 def paired(a: MethodStats, b: MethodStats) -> list[dict[str, Any]]:
@@ -190,11 +196,10 @@ def paired(a: MethodStats, b: MethodStats) -> list[dict[str, Any]]:
     out = []
     theirs = {r["seed"]: r for r in b.runs}
     for r in a.runs:
-        o = theirs.get(r["seed"])
-        if (o is None or not r.get("worst_case") or not o.get("worst_case") or r.get("indices_sha256") is None
-                or r.get("indices_sha256") != o.get("indices_sha256")):
+        o = theirs.get(r["seed"]) or {}
+        t = mcnemar_paired(r.get("worst_case"), r.get("indices_sha256"), o.get("worst_case"), o.get("indices_sha256"))
+        if t is None:
             continue
-        t = mcnemar_masks(r["worst_case"], o["worst_case"])
         n = len(r["worst_case"])
         out.append({"seed": r["seed"], "n": n, "diff": round(100.0 * (t.only_a - t.only_b) / n, 4),
                     "only_a": t.only_a, "only_b": t.only_b, "p_value": t.p_value})

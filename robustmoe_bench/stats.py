@@ -142,5 +142,13 @@ def mcnemar_masks(a: str, b: str) -> McNemar:
     return mcnemar_exact(only_a, only_b)
 
 
+def mcnemar_paired(a: str | None, sha_a: str | None, b: str | None, sha_b: str | None) -> McNemar | None:
+    """:func:`mcnemar_masks` of two results' per-example outcomes where they are paired: both present and
+    over the same evaluated examples (equal ``indices_sha256``, not None); None where they are not."""
+    if a is None or b is None or sha_a is None or sha_a != sha_b:
+        return None
+    return mcnemar_masks(a, b)
+
+
 __all__ = ["ALPHA", "Z95", "Interval", "McNemar", "binom_critical", "binom_sf", "count_of", "mcnemar_exact",
-           "mcnemar_masks", "wilson"]
+           "mcnemar_masks", "mcnemar_paired", "wilson"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RobustMoEError
-from ..stats import count_of, mcnemar_masks, wilson
+from ..stats import count_of, mcnemar_paired, wilson
 from .. import jsonsafe
 
 SCHEMA_VERSION = 1
@@ -308,12 +308,10 @@ def _paired_tests(rows: list[CompareRow]) -> list[CompareRow]:
     for r in rows:
         if r is best:
             text = "best"
-        elif (r.outcomes is None or best.outcomes is None or r.indices_sha256 is None
-              or r.indices_sha256 != best.indices_sha256 or r.dataset != best.dataset):
-            text = MISSING
         else:
-            t = mcnemar_masks(best.outcomes, r.outcomes)
-            text = f"p={t.p_value:.2g}" + ("" if t.significant() else " n.s.")
+            t = (mcnemar_paired(best.outcomes, best.indices_sha256, r.outcomes, r.indices_sha256)
+                 if r.dataset == best.dataset else None)
+            text = MISSING if t is None else f"p={t.p_value:.2g}" + ("" if t.significant() else " n.s.")
         out.append(CompareRow(**{**r.__dict__, "vs_best": text}))
     return out
 
