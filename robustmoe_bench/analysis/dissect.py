@@ -34,10 +34,9 @@ import torch
 from torch import Tensor
 
 from ..attacks.base import check_in_ball
-from ..errors import ConfigError
 from .plots import new_axes, save_figure
 from .record import JsonRecord
-from .routes import AttackFn, Utilisation, predict_and_route, require_moe, resolve_attack  # noqa: F401  (re-exported)
+from .routes import AttackFn, Utilisation, analysis_eps, check_examples, predict_and_route, require_moe, resolve_attack  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
 
@@ -168,21 +167,12 @@ def dissect(
     batches of ``batch_size``; ``progress(done, n)`` is called after each batch. Raises
     :class:`ModelError` for a model without routers.
     """
-    from ..data import get_dataset_info
-
     require_moe(model, "dissection")
-    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise ConfigError(f"need x [n, C, H, W] and y [n], got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] == 0:
-        raise ConfigError("dissection needs at least one example")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    check_examples(x, y, batch_size)
     from ..adapters.external import model_dataset, model_record
 
     dataset = model_dataset(model)
-    if eps is None and dataset is None:
-        raise ConfigError("the model does not say which data set it is for; give eps")
-    eps = float(get_dataset_info(dataset).eps if eps is None else eps)  # type: ignore[arg-type]
+    eps = analysis_eps(model, eps)
     from ..config import format_eps
 
     kinds: list[tuple[str, dict[str, Any], AttackFn]] = [resolve_attack(attack, eps, seed=seed, norm=norm)]

@@ -24,9 +24,9 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
 from ..attacks.base import check_in_ball
-from .routes import AttackFn, Utilisation, collapse, predict_and_route, require_moe, resolve_attack, utilisation  # noqa: F401
+from .routes import AttackFn, Utilisation, analysis_eps, check_examples, collapse, predict_and_route, require_moe, resolve_attack, utilisation  # noqa: F401
 from .plots import new_axes, save_figure
 from .record import JsonRecord
 
@@ -176,15 +176,10 @@ def iou_analysis(
 
     The attack runs once per example; its adversarial routing serves both the IoU and the utilisation.
     """
-    from ..data import get_dataset_info
-
     names, kept = match_layers(moe, sparse)
-    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ConfigError(f"need x [n, C, H, W] and y [n] with n >= 1, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    check_examples(x, y, batch_size)
     spec = moe.spec  # type: ignore[attr-defined]
-    eps = float(get_dataset_info(spec.dataset).eps if eps is None else eps)
+    eps = analysis_eps(moe, eps)
     name, params, atk = resolve_attack(attack, eps, seed=seed, norm=norm)
     widths = torch.tensor([m.out_channels // m.experts for _, m in moe.moe_layers()])  # type: ignore[attr-defined]
     mask_sizes = kept.sum(dim=1)
@@ -250,19 +245,12 @@ def majority_iou_analysis(
     best static expert mask). ``clean``/``adversarial``: IoU with the reference per input;
     ``clean_vs_adversarial``: IoU of each input's clean and adversarial pathway. Units are experts
     (every expert counts the same). Plus expert utilisation, as in :func:`iou_analysis`."""
-    from ..adapters.external import model_dataset, model_record
+    from ..adapters.external import model_record
     from ..adapters.routing import pathway_iou as set_iou, require_adapter
-    from ..data import get_dataset_info
 
     adapter = require_adapter(model, "pathway IoU")
-    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ConfigError(f"need x [n, C, H, W] and y [n] with n >= 1, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
-    dataset = model_dataset(model)
-    if eps is None and dataset is None:
-        raise ConfigError("the model does not say which data set it is for; give eps")
-    eps = float(get_dataset_info(dataset).eps if eps is None else eps)  # type: ignore[arg-type]
+    check_examples(x, y, batch_size)
+    eps = analysis_eps(model, eps)
     name, params, atk = resolve_attack(attack, eps, seed=seed, norm=norm)
     was_training = model.training
     model.eval()

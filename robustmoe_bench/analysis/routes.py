@@ -36,6 +36,29 @@ def require_moe(model: torch.nn.Module, what: str = "this analysis") -> None:
     )
 
 
+def check_examples(x: Tensor, y: Tensor, batch_size: int) -> None:
+    """Raise :class:`ConfigError` unless ``x`` is ``[n, C, H, W]`` with labels ``y`` ``[n]``, ``n >= 1``, and
+    ``batch_size`` is positive: the inputs every routing analysis takes."""
+    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ConfigError(f"need x [n, C, H, W] and y [n] with n >= 1, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+
+
+def analysis_eps(model: torch.nn.Module, eps: float | None) -> float:
+    """``eps``, or the usual radius of the data set ``model`` was built for (ours: its spec; an external
+    model: the one it was wrapped for); :class:`ConfigError` when neither is known."""
+    if eps is not None:
+        return float(eps)
+    from ..adapters.external import model_dataset
+    from ..data import get_dataset_info
+
+    dataset = model_dataset(model)
+    if dataset is None:
+        raise ConfigError("the model does not say which data set it is for; give eps")
+    return float(get_dataset_info(dataset).eps)
+
+
 def resolve_attack(
     attack: str | AttackFn, eps: float, *, seed: int = 0, norm: str = "Linf", **extra: Any
 ) -> tuple[str, dict[str, Any], AttackFn]:
@@ -114,4 +137,4 @@ class Utilisation:
         return cls(share, ent, sum(ent) / len(ent), busiest, norm, any(b >= COLLAPSED_SHARE for b in busiest))
 
 
-__all__ = ["AttackFn", "Utilisation", "collapse", "predict_and_route", "require_moe", "resolve_attack", "utilisation"]
+__all__ = ["AttackFn", "Utilisation", "analysis_eps", "check_examples", "collapse", "predict_and_route", "require_moe", "resolve_attack", "utilisation"]
