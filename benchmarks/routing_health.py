@@ -17,8 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-TARGET_BUSIEST = {2: 0.75, 4: 0.50}
-TARGET_FORCED = 0.10
+from routing_balance import TARGET_BUSIEST, TARGET_FORCED
 
 
 def measure(run: Path) -> dict:
