@@ -123,11 +123,18 @@ class ZooModel:
 
     @property
     def headline(self) -> str:
-        """``clean x%, AutoAttack y%, worst case z%`` from the recorded results (or ``no results``)."""
+        """``clean x%, AutoAttack y%, worst case z%`` from the recorded results (or ``no results``).
+
+        AutoAttack is AutoAttack *alone* where the results record it (``robust_acc_alone``), as on the
+        leaderboard; ``robust_acc["autoattack"]`` is the cascade's cumulative figure after the attacks
+        that ran before it, which for a suite with router attacks is already the worst case."""
         r = self.results
         if not r:
             return "no results"
-        ra = r.get("robust_acc") or {}
+        ra = dict(r.get("robust_acc") or {})
+        alone = (r.get("robust_acc_alone") or {}).get("autoattack")
+        if isinstance(alone, (int, float)):
+            ra["autoattack"] = alone
         parts = [f"clean {r['clean_acc']:.2f}%"] if isinstance(r.get("clean_acc"), (int, float)) else []
         for key, label in (("autoattack", "AutoAttack"), ("worst_case", "worst case")):
             if isinstance(ra.get(key), (int, float)):

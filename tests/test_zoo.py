@@ -96,6 +96,20 @@ def test_register_and_load_back(tiny_ckpt, tmp_path, capsys):
     assert shown["name"] == "tiny-moe" and shown["sha256"] == rec["sha256"] and "sha256 verified" in cap.err
 
 
+def test_headline_reports_autoattack_alone_where_recorded(tiny_ckpt, tmp_path, capsys):
+    """In a suite whose router attacks run before AutoAttack, robust_acc["autoattack"] is the cascade's
+    cumulative figure (here 53 %, the worst case); the zoo reports AutoAttack alone (57 %), as the
+    leaderboard does."""
+    ckpt, model = tiny_ckpt
+    res = write_json(tmp_path / "results.json", results_for(
+        ckpt, model, robust_acc={"pgd-50": 60.0, "router-untargeted": 54.0, "autoattack": 53.0, "worst_case": 53.0},
+        robust_acc_alone={"pgd-50": 60.0, "router-untargeted": 58.0, "autoattack": 57.0}))
+    zoo = tmp_path / "zoo"
+    assert run(["zoo", "add", "tiny-moe", str(ckpt), "--results", str(res), "--root", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    assert "AutoAttack 57.00%, worst case 53.00%" in out and "AutoAttack 53.00%" not in out
+
+
 def test_corrupt_weights_fail_before_loading(tiny_ckpt, tmp_path, capsys):
     ckpt, _ = tiny_ckpt
     zoo = tmp_path / "zoo"
