@@ -166,7 +166,8 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> dict[str, MethodStats
         ns = {r["n_examples"] for r in runs}
         if len(ns) != 1:
             raise ConfigError(f"{method}: seeds were evaluated on different numbers of examples {sorted(ns)}")
-        attacks = sorted(set.intersection(*(set(r["robust_acc"]) for r in runs)) - {WORST})
+        common = set.intersection(*(set(r["robust_acc"]) for r in runs)) - {WORST}
+        attacks = [a for a in runs[0]["robust_acc"] if a in common]  # the suite's cascade order
         g = runs[0].get("gflops") or {}
         stats[method] = MethodStats(
             method=method, label=LABELS.get(method, method), n_seeds=len(runs), n_examples=ns.pop(),
@@ -226,7 +227,14 @@ def judge(stats: dict[str, MethodStats]) -> list[Claim]:
 
 
 def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: dict[str, Any]) -> str:
-    attacks = sorted({a for s in stats.values() for a in s.per_attack})
+    # every attack any method ran, in cascade order; a method that did not run one (the router attacks on a
+    # model without routers) shows "-" there
+    attacks: list[str] = []
+    for s in stats.values():
+        for i, a in enumerate(s.per_attack):
+            if a not in attacks:  # after the attack this method ran just before it
+                before = [b for b in list(s.per_attack)[:i] if b in attacks]
+                attacks.insert(attacks.index(before[-1]) + 1 if before else 0, a)
     lines = [f"# Mini Table 1: {meta['preset']} preset, {meta['suite']} suite", "",
              f"{len(meta['seeds'])} training seeds ({', '.join(map(str, meta['seeds']))}) per method; each model "
              f"evaluated on the same {meta['n_examples']} Fashion-MNIST test examples (subset seed "
@@ -235,7 +243,8 @@ def render_markdown(stats: dict[str, MethodStats], claims: list[Claim], meta: di
              "| method | GFLOPs | SA | " + " | ".join(attacks) + " | RA |",
              "|---|---:|---:|" + "---:|" * len(attacks) + "---:|"]
     for s in stats.values():
-        cells = [f"{m:.2f} +- {sd:.2f}" for m, sd in (s.per_attack[a] for a in attacks)]
+        cells = [f"{s.per_attack[a][0]:.2f} +- {s.per_attack[a][1]:.2f}" if a in s.per_attack else "-"
+                 for a in attacks]
         g = "-" if s.gflops is None else f"{s.gflops:.4g}"
         lines.append(f"| {s.label} | {g} | {s.clean_mean:.2f} +- {s.clean_std:.2f} | " + " | ".join(cells)
                      + f" | {s.ra_mean:.2f} +- {s.ra_std:.2f} |")

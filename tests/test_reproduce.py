@@ -116,6 +116,27 @@ def test_expert_use_tells_a_collapsed_router_from_a_working_one():
     assert expert_use_of(create_model("resnet-tiny", kind="sdense", dataset="fashion-mnist").eval(), x) is None
 
 
+def test_table1_md_shows_a_dash_where_a_method_did_not_run_an_attack():
+    """The table1 suite runs router attacks on MoEs only: their columns read "-" for the dense methods, and
+    the attack columns keep the suite's cascade order."""
+    def res(seed: int, moe: bool) -> dict:
+        r = _res(80, 50, 40, 1.0, seed=seed)
+        r["robust_acc"] = ({"pgd-50": 50.0 + seed} | ({"joint": 45.0 + seed} if moe else {})
+                           | {"autoattack": 40.0 + seed, "worst_case": 40.0 + seed})
+        return r
+
+    results = {m: [res(0, m in ("at-moe", "advmoe")), res(2, m in ("at-moe", "advmoe"))]
+               for m in ("at-dense", "at-sdense", "at-moe", "advmoe")}
+    stats = aggregate(results)
+    assert list(stats["at-moe"].per_attack) == ["pgd-50", "joint", "autoattack"]
+    md = render_markdown(stats, judge(stats), dict(preset="p", suite="table1", seeds=[0, 2], n_examples=1000,
+                                                   eval_seed=0, seconds=1.0, command="x"))
+    assert "| method | GFLOPs | SA | pgd-50 | autoattack | joint | RA |" not in md
+    assert "| method | GFLOPs | SA | pgd-50 | joint | autoattack | RA |" in md
+    assert "| AT (Dense) | 1 | 80.00 +- 0.00 | 51.00 +- 1.41 | - | 41.00 +- 1.41 | 41.00 +- 1.41 |" in md
+    assert "| AT (MoE) | 1 | 80.00 +- 0.00 | 51.00 +- 1.41 | 46.00 +- 1.41 | 41.00 +- 1.41 | 41.00 +- 1.41 |" in md
+
+
 def test_table1_md_marks_collapsed_moe_models():
     results = {m: [_res(80, 50, 48, 1.0), _res(82, 52, 50, 1.0, seed=1)]
                for m in ("at-dense", "at-sdense", "at-moe", "advmoe")}
