@@ -41,12 +41,38 @@ evaluate() {
   fi
 }
 
+# results written before evaluations recorded the routing health lack "expert_use": measure it on the very
+# examples RES was evaluated on (same n, subset seed and indices digest; one clean forward each) and add it to
+# this folder's copy RES, so that the zoo and the leaderboard show it; the original results stay as they were
+record_use() {
+  "$bin/python" - "$1" "$2" <<'PY'
+import hashlib, json, sys
+from pathlib import Path
+from robustmoe_bench.checkpoint import atomic_write_bytes
+from robustmoe_bench.data import load_dataset, subset_indices
+from robustmoe_bench.reproduce import expert_use
+res, ckpt = Path(sys.argv[1]), sys.argv[2]
+r = json.loads(res.read_text())
+if "expert_use" in r:
+    sys.exit(0)
+n_total = len(load_dataset(r["dataset"], "test", None))
+idx = subset_indices(n_total, r["n_examples"], r["seed"])
+want = (r.get("examples") or {}).get("indices_sha256")
+if want and hashlib.sha256(idx.numpy().tobytes()).hexdigest() != want:
+    sys.exit(f"error: {res}: its evaluated examples cannot be re-derived (indices digest differs); expert use not recorded")
+r["expert_use"] = expert_use(ckpt, r["dataset"], r["n_examples"], r["seed"], None)
+atomic_write_bytes(res, (json.dumps(r, indent=2) + "\n").encode())
+print(f"{res}: expert use measured on its {r['n_examples']} evaluated examples")
+PY
+}
+
 # refresh one zoo model: NAME CKPT CONFIG PREV_RESULTS
 refresh() {
   local name=$1 ckpt=$2 config=$3 prev=$4
   local res=$out/$name.json corr=()
   reuse "$prev" "$res"
   evaluate "$ckpt" "$res" "$suite"
+  record_use "$res" "$ckpt"
   if [ "${CORRUPTIONS:-0}" = 1 ]; then
     evaluate "$ckpt" "$out/$name-corruptions.json" corruptions
     corr=(--corruptions "$out/$name-corruptions.json")

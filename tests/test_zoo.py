@@ -275,6 +275,10 @@ def test_refresh_script_publishes_a_sweep_of_topk_designs(tmp_path):
             "--data-root", str(tmp_path / "data" / "fashion-mnist"), "--out", str(sweep), "--no-dense"]
     assert run(argv) == 0
     cell_eval = json.loads((sweep / "cells" / "conv_N2_k2" / "eval.json").read_text())
+    assert cell_eval["expert_use"]["n_inputs"] == 4
+    # as written before evaluations recorded the routing health: the script measures it on the same examples
+    older = {k: v for k, v in cell_eval.items() if k != "expert_use"}
+    (sweep / "cells" / "conv_N2_k2" / "eval.json").write_text(json.dumps(older))
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), ROBUSTMOE_ZOO=str(tmp_path / "zoo"),
                ROBUSTMOE_DATA=str(tmp_path / "data"), CORRUPTIONS="1", OMP_NUM_THREADS="1")
     (tmp_path / "zoo").mkdir()
@@ -282,13 +286,17 @@ def test_refresh_script_publishes_a_sweep_of_topk_designs(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = sweep / "zoo-eval-standard-4"
-    assert json.loads((res / "fmnist-at-moe-conv-n2-k2.json").read_text()) == cell_eval  # reused, not re-run
+    # reused, not re-run; the expert use measured afterwards equals what the evaluation had recorded
+    assert json.loads((res / "fmnist-at-moe-conv-n2-k2.json").read_text()) == cell_eval
+    assert "expert use measured on its 4 evaluated examples" in proc.stdout
+    assert "expert_use" not in json.loads((sweep / "cells" / "conv_N2_k2" / "eval.json").read_text())
     corr = json.loads((res / "fmnist-at-moe-conv-n2-k2-corruptions.json").read_text())
     assert corr["n_examples"] == 4 and len(corr["accuracy"]) == 15
     entry = json.loads((tmp_path / "leaderboards" / "fashion-mnist" / "Linf"
                         / "robustmoe-fmnist-at-moe-conv-n2-k2.json").read_text())
     assert entry["corruptions_acc"] == f"{corr['corruptions_acc']:.2f}"
     assert entry["clean_acc"] == f"{cell_eval['clean_acc']:.2f}"
+    assert entry["robustmoe_expert_use"]["busiest_share"] == cell_eval["expert_use"]["busiest_share"]
     rec = get_zoo_model("fmnist-at-moe-conv-n2-k2", root=tmp_path / "zoo")
     assert rec.model["moe"] == "conv" and rec.model["k"] == 2 and rec.results == cell_eval
     assert "conv MoE, top-2 of 2 experts" in rec.description
