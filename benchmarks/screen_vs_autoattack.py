@@ -14,8 +14,9 @@ recorded AutoAttack-alone outcome per example (``examples["autoattack"]``):
 
     .venv/bin/python benchmarks/screen_vs_autoattack.py --threads 1
 
-Rows are appended to ``results/screen_vs_autoattack.jsonl``; ``results/screen_vs_autoattack.md`` is
-rewritten from all rows.
+Rows are appended to ``results/screen_vs_autoattack.jsonl`` (each with the zoo weights' sha256);
+``results/screen_vs_autoattack.md`` is rewritten from the latest row of each zoo model, so a model replaced
+in the zoo shows its new measurement (the earlier rows stay in the JSONL).
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def main() -> None:
         screen_s = sum(secs.values())
         aa_s = sum(rec[p] for p in AA_PARTS) if all(p in rec for p in AA_PARTS) else rec["autoattack"]
         row = {
-            "model": m.name, "n": r["n_examples"], "suite_recorded": r["suite"],
+            "model": m.name, "sha256": m.sha256, "n": r["n_examples"], "suite_recorded": r["suite"],
             "aa": 100 * sum(ref) / len(ref), "screen": 100 * sum(ours) / len(ours),
             "agreement": sum(a == b for a, b in zip(ours, ref)) / len(ref),
             "screen_only_robust": sum(a and not b for a, b in zip(ours, ref)),
@@ -100,8 +101,11 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         with open(out / "screen_vs_autoattack.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in open(out / "screen_vs_autoattack.jsonl")]
-    write_markdown(rows, out / "screen_vs_autoattack.md")
+    latest = {}
+    for line in open(out / "screen_vs_autoattack.jsonl"):
+        row = json.loads(line)
+        latest[row["model"]] = row
+    write_markdown(sorted(latest.values(), key=lambda r: r["model"]), out / "screen_vs_autoattack.md")
 
 
 if __name__ == "__main__":
