@@ -12,8 +12,8 @@
 # evaluates the 15 x 5 common corruptions on the same N examples and adds corruptions_acc to each entry.
 # The description of each zoo model is written from its training config.json (arch, preset, epochs,
 # training examples, eps, seed). Resumable: an interrupted evaluation continues from its state file.
-# N: the default 1000 is the most this 2-core machine's time allows per refresh: AutoAttack alone costs it
-# 1.7-2.9 s per example (the zoo's recorded runs), so N = 10000 would be 5-8 hours per model and 2-3 days for the
+# N: the default 1000 is the most this 2-core machine's time allows per refresh: the table1 suite costs it
+# 0.6-2.4 s per example (the re-run mini Table 1), so N = 10000 would be 2-7 hours per model and 2-3 days for the
 # zoo (benchmarks/RESULTS.md, "Scale"). On a GPU machine pass 10000.
 set -euo pipefail
 run=${1:?usage: model_zoo/refresh.sh RUN_DIR [N] [SUITE]}
