@@ -16,11 +16,12 @@ touch test examples.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
+
+from routing_health import parse_run_folders
 
 
 def measure(run: Path) -> dict:
@@ -50,14 +51,9 @@ def measure(run: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="train output folders (config.json + ckpt.pt)")
-    ap.add_argument("--out", type=Path, required=True, help="markdown table to write")
-    a = ap.parse_args(argv)
-    for r in a.runs:
-        if not (r / "ckpt.pt").is_file() or not (r / "config.json").is_file():
-            print(f"error: {r} is not a finished train folder (needs config.json and ckpt.pt)", file=sys.stderr)
-            return 2
+    a = parse_run_folders(argv, __doc__.splitlines()[0])
+    if a is None:
+        return 2
     rows = [measure(r) for r in a.runs]
     lines = ["# Router robustness on the validation split", "",
              f"`.venv/bin/python benchmarks/router_validation_robustness.py "
@@ -67,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['run']} | {r['method']} | {r['seed']} | {r['router_lr']:g} | {r['n_val']} | "
                      f"{100 * r['routers_alone']:.1f} | {100 * r['pgd_unchanged']:.1f} | {100 * r['pgd_acc']:.1f} |")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -46,15 +46,24 @@ def measure(run: Path) -> dict:
                 collapsed=use.collapsed, forced_change=forced, targets_met=ok)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_run_folders(argv: list[str] | None, description: str) -> argparse.Namespace | None:
+    """``RUN [RUN ...] --out FILE`` for the benchmarks that measure finished ``train`` folders; ``None`` (after
+    one line on stderr) when some RUN lacks ``config.json`` or ``ckpt.pt``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("runs", nargs="+", type=Path, help="train output folders (config.json + ckpt.pt)")
     ap.add_argument("--out", type=Path, required=True, help="markdown table to write")
     a = ap.parse_args(argv)
     for r in a.runs:
         if not (r / "ckpt.pt").is_file() or not (r / "config.json").is_file():
             print(f"error: {r} is not a finished train folder (needs config.json and ckpt.pt)", file=sys.stderr)
-            return 2
+            return None
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_run_folders(argv, __doc__.splitlines()[0])
+    if a is None:
+        return 2
     rows = [measure(r) for r in a.runs]
     lines = ["# Routing health on the validation split", "",
              f"`.venv/bin/python benchmarks/routing_health.py {shlex.join(argv if argv is not None else sys.argv[1:])}`", "",
