@@ -287,6 +287,33 @@ def test_at_sparse_from_dense_learns_masks_then_finetunes(tmp_path, tiny_root):
     assert moved > 0, "the prune phase must train the scores"
 
 
+def test_at_sparse_finetune_lr_scales_only_the_finetune_schedule(tmp_path, tiny_root):
+    dense = train(tiny_cfg(tiny_root, method="at-dense", epochs=1), tmp_path / "dense", progress=False)
+    runs = {}
+    for scale in (None, 0.1):
+        cfg = tiny_cfg(tiny_root, method="at-sparse", epochs=3, from_dense=str(dense.ckpt), finetune_lr=scale)
+        assert cfg.phase_epochs == [0, 1, 2]
+        runs[scale] = train(cfg, tmp_path / f"sp-{scale}", progress=False).history
+    full, low = runs[None], runs[0.1]
+    assert [h["phase"] for h in low] == ["prune", "finetune", "finetune"]
+    # the prune phase runs at the full rate and learns the same mask; the finetune cosine peaks at 0.1 x lr
+    assert low[0]["lr_end"] == full[0]["lr_end"] and low[0]["clean_acc"] == full[0]["clean_acc"]
+    steps = 256 // 64  # the 256-example subset in batches of 64
+    mid = 0.5 * 0.05 * (1 + math.cos(math.pi * (steps - 1) / (2 * steps)))
+    assert full[1]["lr_end"] == pytest.approx(mid) and low[1]["lr_end"] == pytest.approx(0.1 * mid)
+    assert low[1]["clean_acc"] != full[1]["clean_acc"] or low[1]["loss"] != full[1]["loss"]
+    # recorded where a reader looks, absent (old identity) where unset
+    assert read_meta(tmp_path / "sp-0.1" / "ckpt.pt")["training"]["finetune_lr"] == 0.1
+    assert "finetune_lr" not in read_meta(tmp_path / "sp-None" / "ckpt.pt")["training"]
+    assert "finetune_lr" not in TrainConfig.from_dict(dict(method="at-sparse", arch="resnet-tiny",
+                                                           dataset="fashion-mnist", epochs=4)).run_identity()
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="finetune-lr"):
+            tiny_cfg(tiny_root, method="at-sparse", epochs=3, from_dense=str(dense.ckpt), finetune_lr=bad)
+    with pytest.raises(ConfigError, match="only for --method at-sparse"):
+        tiny_cfg(tiny_root, method="at-dense", finetune_lr=0.1)
+
+
 # --------------------------------------------------------------------------- exact resume after SIGKILL
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -58,6 +58,7 @@ def train_cmd(
     preset: Optional[str] = typer.Option(None, "--preset", help="Named setup, e.g. fmnist-mini."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
     from_dense: Optional[Path] = typer.Option(None, "--from-dense", help="at-sparse: start from this Dense checkpoint."),
+    finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="at-sparse: the finetune phase's peak learning rate as a multiple of --lr, in (0, 1] (default 1)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i]."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the data set files."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading workers (on-disk data sets)."),
@@ -78,7 +79,7 @@ def train_cmd(
         "router_z": router_z, "router_lr": router_lr,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "eps_str": eps, "train_steps": train_steps,
         "beta": beta, "ema": ema, "seed": seed, "subset": subset,
-        "from_dense": str(from_dense) if from_dense is not None else None,
+        "from_dense": str(from_dense) if from_dense is not None else None, "finetune_lr": finetune_lr,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if resume is not None:

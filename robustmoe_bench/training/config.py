@@ -134,6 +134,7 @@ class TrainConfig:
     augment: bool | None = None  # None: crop+flip for 32px+ colour data sets, none for Fashion-MNIST
     phase_epochs: list[int] | None = None  # at-sparse: [pretrain, prune, finetune]
     from_dense: str | None = None  # at-sparse: start from this Dense checkpoint instead of pretraining
+    finetune_lr: float | None = None  # at-sparse: the finetune phase's peak lr as a multiple of lr; None: 1
     preset: str | None = None
     data_root: str | None = None
     device: str = "auto"
@@ -175,9 +176,9 @@ class TrainConfig:
         """The fields that define what the run computes (used to detect a different run in a folder)."""
         # the full-copy options are left out where unset, so channel-MoE and non-MoE runs keep the
         # identity they had before these options existed (sweep cells, run folders)
-        # ema likewise: runs from before the option existed keep their identity
+        # ema and finetune_lr likewise: runs from before the option existed keep their identity
         return {k: v for k, v in self.to_dict().items()
-                if k not in RUNTIME_FIELDS and not ((k in TOPK_FIELDS or k == "ema") and v is None)}
+                if k not in RUNTIME_FIELDS and not ((k in TOPK_FIELDS or k in ("ema", "finetune_lr")) and v is None)}
 
     # ------------------------------------------------------------------ validation
     def resolve(self) -> "TrainConfig":
@@ -232,6 +233,13 @@ class TrainConfig:
             self.phase_epochs = self._sparse_phases()
         elif self.phase_epochs is not None:
             raise ConfigError("phase_epochs is only for at-sparse")
+        if self.finetune_lr is not None:
+            if self.method != "at-sparse":
+                raise ConfigError("--finetune-lr is only for --method at-sparse")
+            v = float(self.finetune_lr)
+            if not math.isfinite(v) or not 0 < v <= 1:
+                raise ConfigError(f"--finetune-lr is a multiple of --lr in (0, 1] (e.g. 0.1), got {v}")
+            self.finetune_lr = v
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
         return self

@@ -253,7 +253,8 @@ def training_meta(cfg: TrainConfig, history: list[dict[str, Any]], world: int) -
         "train_steps": cfg.train_steps, "step_size": cfg.step_size, "trades_start": cfg.trades_start, "beta": cfg.beta,
         **({"ema": cfg.ema} if cfg.ema is not None else {}), "seed": cfg.seed,
         "subset": cfg.subset, "holdout": cfg.holdout, "preset": cfg.preset, "augment": cfg.augment,
-        "phase_epochs": cfg.phase_epochs, "from_dense": cfg.from_dense, "world_size": world,
+        "phase_epochs": cfg.phase_epochs, "from_dense": cfg.from_dense,
+        **({"finetune_lr": cfg.finetune_lr} if cfg.finetune_lr is not None else {}), "world_size": world,
         "epochs_done": len(history), "final_clean_acc": last.get("clean_acc"),
         "final_pgd10_acc": last.get("pgd10_acc"),
     }
@@ -377,7 +378,7 @@ def _train(cfg: TrainConfig, method: Method, out: Path, progress: bool, resume: 
         bar.start(label, steps)
         lr = cfg.lr
         for s, group in enumerate(_iter_steps(data, batches, streams, cfg, epoch, dctx)):
-            lr = _cosine(cfg.lr, in_phase * steps + s, phase_total)
+            lr = _cosine(cfg.lr * phases[ph].lr_scale, in_phase * steps + s, phase_total)
             for pg in opt.param_groups:
                 pg["lr"] = lr * pg["lr_scale"]
             r = method.step(sctx, group)

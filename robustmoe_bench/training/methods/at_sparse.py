@@ -7,7 +7,8 @@
    are trained with TRADES.
 3. ``finetune``: the mask is fixed to the final top-k, scores frozen, weights trained with TRADES.
 
-Each phase has its own cosine schedule from the base learning rate (the epoch split is in
+Each phase has its own cosine schedule from the base learning rate; the finetune phase's peak is
+``finetune_lr`` times it (Hydra finetunes at a tenth of its training rate; the epoch split is in
 :class:`~robustmoe_bench.training.config.TrainConfig`).
 """
 from __future__ import annotations
@@ -47,7 +48,8 @@ class AtSparse(Method):
 
     def phases(self, cfg) -> list[Phase]:
         pre, prune, fine = cfg.phase_epochs
-        return [Phase("pretrain", pre), Phase("prune", prune), Phase("finetune", fine)]
+        fine_lr = 1.0 if cfg.finetune_lr is None else float(cfg.finetune_lr)
+        return [Phase("pretrain", pre), Phase("prune", prune), Phase("finetune", fine, fine_lr)]
 
     def build_model(self, cfg) -> RoutedNet:
         if cfg.from_dense is None:

@@ -22,10 +22,12 @@ Batch = tuple[Tensor, Tensor]
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of epochs with one set of trained parameters and its own cosine schedule."""
+    """A stretch of epochs with one set of trained parameters and its own cosine schedule, whose peak is
+    ``lr_scale`` times the run's learning rate."""
 
     name: str
     epochs: int
+    lr_scale: float = 1.0
 
 
 @dataclass
