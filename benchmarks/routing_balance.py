@@ -42,6 +42,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "switch-0.5+router-lr-0.01": dict(_OFF, balance="switch", balance_weight=0.5, router_lr=0.01),
     "router-lr-0.01": dict(_OFF, router_lr=0.01),
     "switch-0.1+router-lr-0.1": dict(_OFF, balance="switch", balance_weight=0.1, router_lr=0.1),
+    "switch-0.1+router-lr-0.01": dict(_OFF, balance="switch", balance_weight=0.1, router_lr=0.01),
     "switch-0.5+router-lr-0.001": dict(_OFF, balance="switch", balance_weight=0.5, router_lr=0.001),
     "switch-2+router-lr-0.01": dict(_OFF, balance="switch", balance_weight=2.0, router_lr=0.01),
 }

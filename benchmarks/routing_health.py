@@ -46,16 +46,17 @@ def measure(run: Path) -> dict:
                 collapsed=use.collapsed, forced_change=forced, targets_met=ok)
 
 
-def parse_run_folders(argv: list[str] | None, description: str) -> argparse.Namespace | None:
+def parse_run_folders(argv: list[str] | None, description: str,
+                      needs: tuple[str, ...] = ("config.json", "ckpt.pt")) -> argparse.Namespace | None:
     """``RUN [RUN ...] --out FILE`` for the benchmarks that measure finished ``train`` folders; ``None`` (after
-    one line on stderr) when some RUN lacks ``config.json`` or ``ckpt.pt``."""
+    one line on stderr) when some RUN lacks one of the files in ``needs``."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("runs", nargs="+", type=Path, help="train output folders (config.json + ckpt.pt)")
+    ap.add_argument("runs", nargs="+", type=Path, help=f"train output folders ({' + '.join(needs)})")
     ap.add_argument("--out", type=Path, required=True, help="markdown table to write")
     a = ap.parse_args(argv)
     for r in a.runs:
-        if not (r / "ckpt.pt").is_file() or not (r / "config.json").is_file():
-            print(f"error: {r} is not a finished train folder (needs config.json and ckpt.pt)", file=sys.stderr)
+        if not all((r / f).is_file() for f in needs):
+            print(f"error: {r} is not a finished train folder (needs {' and '.join(needs)})", file=sys.stderr)
             return None
     return a
 

@@ -312,6 +312,10 @@ def test_at_sparse_finetune_lr_scales_only_the_finetune_schedule(tmp_path, tiny_
             tiny_cfg(tiny_root, method="at-sparse", epochs=3, from_dense=str(dense.ckpt), finetune_lr=bad)
     with pytest.raises(ConfigError, match="only for --method at-sparse"):
         tiny_cfg(tiny_root, method="at-dense", finetune_lr=0.1)
+    # the reproduce preset's recipe (pruning a trained Dense model) finetunes at 0.3x; from scratch it does not
+    assert TrainConfig.from_preset("fmnist-repro", method="at-sparse", from_dense="d.pt").finetune_lr == 0.3
+    assert TrainConfig.from_preset("fmnist-repro", method="at-sparse").finetune_lr is None
+    assert TrainConfig.from_preset("fmnist-repro", method="at-sparse", from_dense="d.pt", finetune_lr=1.0).finetune_lr == 1.0
 
 
 # --------------------------------------------------------------------------- exact resume after SIGKILL
