@@ -29,7 +29,9 @@ set (a fixed draw, the same for every seed and method; never trained on), not on
 
 at-sparse splits ``epochs`` over its three phases (pretrain, learn channel scores, finetune with the
 mask fixed): prune and finetune get a quarter each (at least one epoch), pretrain the rest. With
-``from_dense`` the pretrain phase is skipped and the epochs are split half and half.
+``from_dense`` the pretrain phase is skipped and the epochs are split half and half. ``finetune_lr`` (None: 1)
+is the finetune phase's peak learning rate as a multiple of ``lr`` (the preset ``fmnist-repro`` uses 0.3 with
+``from_dense``; see :data:`PRESET_METHOD_OVERRIDES`).
 """
 from __future__ import annotations
 
